@@ -1,0 +1,1 @@
+"""orchard.align: SFT, DPO and RLAIF on (quantized) LoRA adapters, with evaluation and reports."""

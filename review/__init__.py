@@ -1,0 +1,1 @@
+"""orchard.review: human review on Argilla, and reviewers' work back into training data."""
