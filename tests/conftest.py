@@ -1,0 +1,32 @@
+"""Shared test fixtures: an offline, single-threaded environment and a tiny model built once per session."""
+
+from __future__ import annotations
+
+import os
+
+# Set at import time so that every library imported by any test module sees them: the machine is
+# shared and small (one thread is 4-5x faster than two under load) and there is no hub access.
+_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "Agg",
+}
+os.environ.update(_ENV)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _offline_single_thread_env(monkeypatch):
+    """Re-assert the environment for each test (a test may have changed it) and for its subprocesses."""
+    for key, value in _ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight Llama + BPE tokenizer with a chat template, built once per test session."""
+    from orchard.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
