@@ -1,0 +1,186 @@
+"""SQLite log and cache of every teacher call: what was asked, what came back, what it cost.
+
+One row per call outcome (``status`` ok or error) and one light row per cache hit (``cached=1``).
+The cache key is a hash of the request itself (model, messages, sampling params, seed) and never of the
+endpoint host or key, so a re-run against another replica of the same model still hits the cache.
+WAL mode lets several processes (a stage and ``orchard synth calls``) read while one writes; every
+outcome is committed before the caller sees it, so a killed run loses nothing it paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    ts REAL NOT NULL,
+    status TEXT NOT NULL,              -- ok | error
+    cached INTEGER NOT NULL DEFAULT 0, -- 1: served from this log, no HTTP call
+    model TEXT,
+    endpoint TEXT,                     -- host[:port] only, never a key
+    tag TEXT,
+    request_json TEXT,
+    response_text TEXT,
+    finish_reason TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    latency_s REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_key ON calls(key, status, cached);
+CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts);
+"""
+
+_COLUMNS = (
+    "key ts status cached model endpoint tag request_json response_text finish_reason prompt_tokens "
+    "completion_tokens cost_usd latency_s attempts error"
+).split()
+
+
+class CallLog:
+    """Append-only call log that doubles as a response cache. ``path=None`` keeps it in memory."""
+
+    def __init__(self, path: Optional[Path | str] = None, readonly: bool = False):
+        self.path = None if path is None else Path(path)
+        if self.path is None:
+            uri, kw = ":memory:", {}
+        elif readonly:
+            uri, kw = f"file:{self.path}?mode=ro", {"uri": True}
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            uri, kw = str(self.path), {}
+        # isolation_level=None: we open transactions ourselves, so a commit happens exactly where we say.
+        self._db = sqlite3.connect(uri, timeout=30.0, isolation_level=None, check_same_thread=False, **kw)
+        self._db.row_factory = sqlite3.Row
+        # The Teacher writes from one event-loop thread; the lock only guards odd callers using threads.
+        self._lock = threading.Lock()
+        if not readonly:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL file);
+            # only a power cut could drop the last commits, and those calls would simply be re-made.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def record(self, **fields: Any) -> int:
+        """Append one row and commit it before returning (durable before the result is used)."""
+        return self.record_many([fields])[-1]
+
+    def record_many(self, rows: list[dict]) -> list[int]:
+        """Append rows in one transaction (one commit), returning their ids."""
+        ids = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for fields in rows:
+                    unknown = set(fields) - set(_COLUMNS)
+                    if unknown:
+                        raise ValueError(f"unknown call-log fields: {sorted(unknown)}")
+                    fields.setdefault("ts", time.time())
+                    cols = [c for c in _COLUMNS if c in fields]
+                    cur = self._db.execute(
+                        f"INSERT INTO calls ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                        [_sqlable(fields[c]) for c in cols],
+                    )
+                    ids.append(cur.lastrowid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
+
+    # -- reading ---------------------------------------------------------------------------------
+    def lookup(self, key: str) -> Optional[dict]:
+        """The latest successful, paid response for ``key``, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM calls WHERE key=? AND status='ok' AND cached=0 ORDER BY id DESC LIMIT 1", (key,)
+            ).fetchone()
+        return None if row is None else dict(row)
+
+    def ok_keys(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT DISTINCT key FROM calls WHERE status='ok' AND cached=0")}
+
+    def recent(self, limit: int = 20) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM calls ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def summary(self, since_id: int = 0) -> dict:
+        """Counts, tokens, cost and latency percentiles of the calls logged after ``since_id``."""
+        with self._lock:
+            agg = self._db.execute(
+                """SELECT COUNT(*) n,
+                          SUM(status='ok' AND cached=0) ok,
+                          SUM(status='error') errors,
+                          SUM(cached) cache_hits,
+                          SUM(CASE WHEN cached=0 THEN attempts ELSE 0 END) attempts,
+                          SUM(prompt_tokens) pt, SUM(completion_tokens) ct, SUM(cost_usd) cost,
+                          MIN(ts) first_ts, MAX(ts) last_ts
+                   FROM calls WHERE id > ?""",
+                (since_id,),
+            ).fetchone()
+            lat = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT latency_s FROM calls WHERE id > ? AND cached=0 AND latency_s IS NOT NULL ORDER BY latency_s",
+                    (since_id,),
+                )
+            ]
+            errors = {
+                r[0]: r[1]
+                for r in self._db.execute(
+                    "SELECT substr(error, 1, 60), COUNT(*) FROM calls WHERE id > ? AND status='error' "
+                    "GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
+                    (since_id,),
+                )
+            }
+        return {
+            "rows": agg["n"] or 0,
+            "ok": agg["ok"] or 0,
+            "errors": agg["errors"] or 0,
+            "cache_hits": agg["cache_hits"] or 0,
+            "attempts": agg["attempts"] or 0,
+            "prompt_tokens": agg["pt"] or 0,
+            "completion_tokens": agg["ct"] or 0,
+            "cost_usd": round(agg["cost"] or 0.0, 6),
+            "latency_p50_s": _pct(lat, 50),
+            "latency_p95_s": _pct(lat, 95),
+            "first_ts": agg["first_ts"],
+            "last_ts": agg["last_ts"],
+            "top_errors": errors,
+        }
+
+    def max_id(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _sqlable(v: Any) -> Any:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, ensure_ascii=False, sort_keys=True)
+    if isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _pct(sorted_vals: list[float], p: float) -> Optional[float]:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, round(p / 100 * len(sorted_vals) + 0.5) - 1))
+    return round(sorted_vals[k], 4)

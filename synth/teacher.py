@@ -1,0 +1,658 @@
+"""The teacher client: every call orchard makes to a teacher LLM goes through here.
+
+Built on the official ``openai`` SDK (``AsyncOpenAI``, its own retries off so that ours decide), it adds
+what a long, paid generation run needs: bounded concurrency, retries with exponential backoff and jitter
+(tenacity) that honour ``Retry-After``, several endpoints with weighted load spreading and fall-back, a
+budget that stops the run cleanly (``BudgetExhausted``), and a SQLite call log that is also the cache, so
+a re-run or a resumed crash never pays twice for a call that completed. Results come back in input order,
+each either text or an error with its reason — never a silent empty string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+from urllib.parse import urlsplit
+
+import openai
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from orchard.dataio import content_hash
+from orchard.errors import BudgetExhausted, OrchardError
+
+from .calllog import CallLog
+from .config import EndpointConfig, TeacherConfig
+
+log = logging.getLogger(__name__)
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
+_DUMMY_KEY = "sk-orchard-local-no-key"
+# A fresh endpoint failure streak this long takes the endpoint out of rotation for a while.
+_BREAKER_STREAK = 3
+
+
+class TeacherError(OrchardError):
+    """A teacher failure a person must fix (bad key, unknown model or URL); retrying cannot help."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Requests and results
+
+
+@dataclass
+class ChatRequest:
+    """One chat completion to make.
+
+    ``params`` override the config's sampling defaults (temperature, top_p, max_tokens, stop, ...).
+    ``seed`` is sent to the endpoint and ``sample`` is not; both are part of the cache key, so N samples
+    of one prompt (distinct seeds or sample indexes) are N distinct cached calls. ``tag`` is for tracing
+    (an item id) and is not part of the key. ``json`` asks for a JSON object (None: the config decides).
+    """
+
+    messages: list[dict]
+    params: dict = field(default_factory=dict)
+    seed: Optional[int] = None
+    sample: int = 0
+    tag: Optional[str] = None
+    json: Optional[bool] = None
+
+
+@dataclass
+class ChatResult:
+    """The outcome of one request: ``text`` when ``ok``, else ``error`` says why."""
+
+    text: Optional[str] = None
+    error: Optional[str] = None
+    finish_reason: Optional[str] = None
+    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    cost_usd: float = 0.0
+    cached: bool = False
+    attempts: int = 0
+    latency_s: float = 0.0
+    model: Optional[str] = None
+    endpoint: Optional[str] = None
+    key: str = ""
+    tag: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+    def json(self) -> Any:
+        """The text parsed as JSON (code fences tolerated); raises ValueError if it is not JSON."""
+        if not self.ok:
+            raise ValueError(f"no text to parse: {self.error}")
+        return parse_json_text(self.text)
+
+
+def parse_json_text(text: str) -> Any:
+    """Parse a model's JSON answer, tolerating a ```json fence around it."""
+    s = text.strip()
+    if s.startswith("```"):
+        s = re.sub(r"^```[a-zA-Z0-9_-]*\s*", "", s)
+        s = re.sub(r"\s*```\s*$", "", s)
+    return json.loads(s)
+
+
+def parse_retry_after(headers) -> Optional[float]:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), or None."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        v = float(ra)
+        return max(0.0, v) if math.isfinite(v) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+# --------------------------------------------------------------------------------------------------
+# Internal failure kinds
+
+
+class _Retryable(Exception):
+    """Worth trying again (maybe on another endpoint)."""
+
+    def __init__(self, reason: str, retry_after: Optional[float] = None, immediate: bool = False):
+        super().__init__(reason)
+        self.reason, self.retry_after, self.immediate = reason, retry_after, immediate
+
+
+class _RequestFailed(Exception):
+    """This request cannot succeed as sent (HTTP 400, 422): recorded as its error, the run goes on."""
+
+
+class _Endpoint:
+    def __init__(self, idx: int, cfg: EndpointConfig):
+        self.idx, self.cfg, self.host = idx, cfg, cfg.host
+        self.supports_json: Optional[bool] = None  # learnt: None until tried
+        self.dead: Optional[str] = None  # why it was taken out for good (401/403/404)
+        self.streak = 0
+        self.down_until = 0.0
+        self.requests = 0
+        self.failures = 0
+
+    @property
+    def is_local(self) -> bool:
+        return (urlsplit(self.cfg.base_url).hostname or "") in _LOCAL_HOSTS
+
+
+class _LoopState:
+    """Things bound to one asyncio event loop (each chat_many call runs its own)."""
+
+    def __init__(self, n: int):
+        self.loop = asyncio.get_running_loop()
+        self.sem = asyncio.Semaphore(n)
+        self.clients: dict[int, openai.AsyncOpenAI] = {}
+        self.inflight: dict[str, asyncio.Future] = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# The client
+
+
+class Teacher:
+    """A teacher LLM behind one or more OpenAI-compatible endpoints.
+
+    ``log_path``: the SQLite call log / cache (None: in memory, this session only). ``use_cache=False``
+    makes every call afresh (still logged).
+    """
+
+    def __init__(self, config: TeacherConfig, log_path: Optional[Path | str] = None, use_cache: bool = True):
+        self.config = config
+        self.use_cache = use_cache
+        self.log = CallLog(log_path)
+        self.log_path = None if log_path is None else Path(log_path)
+        self.endpoints = [_Endpoint(i, e) for i, e in enumerate(config.resolved_endpoints())]
+        # The cache key names the model(s), not hosts: replicas of one model share cached answers.
+        self.model_id = "|".join(sorted({e.cfg.model for e in self.endpoints}))
+        self._rng = random.Random()
+        self._state: Optional[_LoopState] = None
+        self._pending_hits: list[dict] = []
+        self._stop: Optional[BaseException] = None
+        self._started = 0  # paid logical calls started this session (budget.max_calls)
+        self._t0 = time.time()
+        self._u = {
+            "calls": 0,  # logical calls that reached the network
+            "http_requests": 0,
+            "ok": 0,
+            "errors": 0,
+            "cache_hits": 0,
+            "deduped": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0.0,
+            "retries": {},
+        }
+
+    # -- public API ----------------------------------------------------------------------------------
+    async def achat(self, messages: list[dict], *, seed: Optional[int] = None, sample: int = 0,
+                    tag: Optional[str] = None, json: Optional[bool] = None, **params) -> ChatResult:
+        """One chat completion (cached, retried, budgeted). Raises BudgetExhausted or TeacherError."""
+        req = ChatRequest(messages=messages, params=params, seed=seed, sample=sample, tag=tag, json=json)
+        try:
+            return await self._run_one(req)
+        finally:
+            self._flush_hits()
+
+    async def arun(self, requests: Iterable[ChatRequest | dict], progress: bool = False) -> list[ChatResult]:
+        """Run many requests with bounded concurrency; results in input order.
+
+        On BudgetExhausted or TeacherError the calls in flight finish (and are logged), then the error is
+        raised with ``.results`` holding the results so far (None where not run).
+        """
+        reqs = [_as_request(r) for r in requests]
+        results: list[Optional[ChatResult]] = [None] * len(reqs)
+        order = iter(range(len(reqs)))
+        stop: list[BaseException] = []
+        bar = _progress(len(reqs), progress)
+
+        async def worker():
+            for i in order:  # one iterator shared by the workers: each index is taken exactly once
+                if stop:
+                    return
+                try:
+                    results[i] = await self._run_one(reqs[i])
+                except (BudgetExhausted, TeacherError) as e:
+                    stop.append(e)
+                    return
+                if bar is not None:
+                    bar.update(1)
+
+        self._stop = None
+        try:
+            await asyncio.gather(*(worker() for _ in range(max(1, min(len(reqs), self.config.max_concurrency)))))
+        finally:
+            self._flush_hits()
+            if bar is not None:
+                bar.close()
+        if stop:
+            err = stop[0]
+            err.results = results  # type: ignore[attr-defined]
+            raise err
+        return results  # type: ignore[return-value]
+
+    def chat_many(self, requests: Iterable[ChatRequest | dict], progress: bool = True) -> list[ChatResult]:
+        """Synchronous ``arun``: runs its own event loop (in a thread if one is already running)."""
+        return _run_sync(self._arun_and_close(list(requests), progress))
+
+    def chat(self, messages: list[dict], **kw) -> ChatResult:
+        """Synchronous single call."""
+        return self.chat_many([ChatRequest(messages=messages, **_split_kw(kw))], progress=False)[0]
+
+    def usage_summary(self) -> dict:
+        """Usage of this session, JSON-ready for a manifest (no keys, hosts only)."""
+        u = dict(self._u)
+        u["retries"] = dict(self._u["retries"])
+        u["cost_usd"] = round(u["cost_usd"], 6)
+        u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
+        u["elapsed_s"] = round(time.time() - self._t0, 3)
+        u["teacher"] = self.config.provenance()
+        u["endpoints"] = [
+            {"host": e.host, "model": e.cfg.model, "requests": e.requests, "failures": e.failures,
+             "json_mode": e.supports_json, "disabled": e.dead}
+            for e in self.endpoints
+        ]
+        if self.log_path is not None:
+            u["call_log"] = str(self.log_path)
+        return u
+
+    def request_key(self, req: ChatRequest) -> str:
+        """The cache key of a request: model(s), messages, effective sampling params, seed, sample, JSON mode."""
+        return content_hash(
+            {"model": self.model_id, "messages": req.messages, "params": self._params(req),
+             "seed": self._seed(req), "sample": req.sample, "json": self._json(req)},
+            n=32,
+        )
+
+    def close(self) -> None:
+        self._flush_hits()
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one request ---------------------------------------------------------------------------------
+    async def _run_one(self, req: ChatRequest) -> ChatResult:
+        st = self._loop_state()
+        key = self.request_key(req)
+        if self.use_cache:
+            row = self.log.lookup(key)
+            if row is not None:
+                return self._from_cache(row, req, key)
+        # The same request twice in one batch: pay once, share the answer.
+        if key in st.inflight:
+            self._u["deduped"] += 1
+            res = await asyncio.shield(st.inflight[key])
+            return _replace(res, tag=req.tag, cached=True)
+        fut = st.loop.create_future()
+        st.inflight[key] = fut
+        try:
+            async with st.sem:
+                if self._stop is not None:
+                    raise self._stop
+                self._check_budget()
+                self._started += 1
+                res = await self._call(req, key, st)
+            # Durable before anyone uses it: a kill after this line loses nothing paid for.
+            self._record(req, key, res)
+            fut.set_result(res)
+            return res
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: nobody may be waiting
+            raise
+        finally:
+            st.inflight.pop(key, None)
+
+    async def _call(self, req: ChatRequest, key: str, st: _LoopState) -> ChatResult:
+        cfg = self.config
+        acc = {"prompt_tokens": 0, "completion_tokens": 0, "attempts": 0, "last_ep": None}
+        t0 = time.perf_counter()
+        self._u["calls"] += 1
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(cfg.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    res = await self._attempt(req, st, acc)
+        except _Retryable as e:
+            res = ChatResult(error=f"gave up after {acc['attempts']} attempts: {e.reason}")
+        except _RequestFailed as e:
+            res = ChatResult(error=str(e))
+        res.key, res.tag, res.attempts = key, req.tag, acc["attempts"]
+        res.latency_s = time.perf_counter() - t0
+        res.usage = {"prompt_tokens": acc["prompt_tokens"], "completion_tokens": acc["completion_tokens"]}
+        b = cfg.budget
+        res.cost_usd = (acc["prompt_tokens"] * b.price_per_1k_input + acc["completion_tokens"] * b.price_per_1k_output) / 1000
+        if res.endpoint is None and acc["last_ep"] is not None:
+            res.endpoint, res.model = acc["last_ep"].host, acc["last_ep"].cfg.model
+        return res
+
+    async def _attempt(self, req: ChatRequest, st: _LoopState, acc: dict) -> ChatResult:
+        ep = await self._pick_endpoint(avoid=acc["last_ep"])
+        acc["last_ep"] = ep
+        acc["attempts"] += 1
+        ep.requests += 1
+        self._u["http_requests"] += 1
+        want_json = self._json(req)
+        kwargs = {"model": ep.cfg.model, "messages": req.messages, **self._params(req)}
+        seed = self._seed(req)
+        if seed is not None:
+            kwargs["seed"] = seed
+        use_rf = want_json and ep.supports_json is not False
+        if use_rf:
+            kwargs["response_format"] = {"type": "json_object"}
+        client = self._client(ep, st)
+        try:
+            raw = await client.chat.completions.with_raw_response.create(**kwargs)
+            data = raw.http_response.json()
+        except openai.APITimeoutError:
+            raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
+        except openai.APIConnectionError as e:
+            raise self._fail(ep, f"connection error ({ep.host}): {type(e.__cause__ or e).__name__}")
+        except openai.APIStatusError as e:
+            raise self._status_error(e, ep, use_rf)
+        except (ValueError, UnicodeDecodeError):
+            raise self._fail(ep, f"malformed response body ({ep.host})")
+
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if isinstance(usage, dict):
+            acc["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            acc["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self._fail(ep, f"response without choices ({ep.host})")
+        msg = choices[0].get("message") or {}
+        text = msg.get("content") if isinstance(msg, dict) else None
+        finish = choices[0].get("finish_reason")
+        if not isinstance(text, str) or not text.strip():
+            raise self._fail(ep, f"empty completion (finish_reason={finish}) ({ep.host})")
+        if use_rf and ep.supports_json is None:
+            ep.supports_json = True
+        if want_json:
+            if finish == "length":
+                raise self._fail(ep, "truncated JSON (finish_reason=length)", endpoint_fault=False)
+            try:
+                parse_json_text(text)
+            except ValueError:
+                raise self._fail(ep, "invalid JSON in completion", endpoint_fault=False)
+        ep.streak = 0
+        return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
+
+    # -- failures, retries, endpoints ----------------------------------------------------------------
+    def _fail(self, ep: _Endpoint, reason: str, retry_after: Optional[float] = None,
+              endpoint_fault: bool = True) -> _Retryable:
+        ep.failures += 1
+        kind = reason.split(" (")[0].split(":")[0]
+        self._u["retries"][kind] = self._u["retries"].get(kind, 0) + 1
+        now = time.monotonic()
+        if retry_after is not None:
+            # The endpoint asked everyone to back off: keep all requests off it until then.
+            ep.down_until = max(ep.down_until, now + min(retry_after, self.config.max_retry_after_s))
+        elif endpoint_fault:
+            ep.streak += 1
+            if ep.streak >= _BREAKER_STREAK and len(self.endpoints) > 1:
+                ep.down_until = max(ep.down_until, now + min(30.0, 0.5 * 2 ** (ep.streak - _BREAKER_STREAK)))
+        log.debug("teacher retry: %s", reason)
+        return _Retryable(self._redact(reason), retry_after=retry_after)
+
+    def _status_error(self, e: openai.APIStatusError, ep: _Endpoint, used_rf: bool) -> Exception:
+        code = e.status_code
+        detail = self._redact(_error_detail(e))
+        if code == 429:
+            return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=parse_retry_after(e.response.headers))
+        if code in (408, 409) or code >= 500:
+            return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(e.response.headers))
+        if code == 400 and used_rf and re.search(r"response_format|json", detail, re.I):
+            # The endpoint cannot do JSON mode: remember, and ask again without it (prompt still asks JSON).
+            ep.supports_json = False
+            log.info("%s rejects response_format=json_object; asking for JSON in the prompt only", ep.host)
+            return _Retryable("endpoint rejected response_format", immediate=True)
+        if code in (401, 403, 404):
+            what = {401: "rejected the API key", 403: "refused access", 404: "does not know this URL or model"}[code]
+            ep.dead = (
+                f"{ep.host} {what} (HTTP {code}; model {ep.cfg.model!r}, key from ${ep.cfg.api_key_env}): {detail}"
+            )
+            if any(x.dead is None for x in self.endpoints):
+                return _Retryable(f"endpoint disabled: HTTP {code} ({ep.host})", immediate=True)
+            return TeacherError("teacher unusable: " + "; ".join(x.dead for x in self.endpoints))
+        return _RequestFailed(f"HTTP {code} from {ep.host} (not retried): {detail}")
+
+    def _wait(self, retry_state) -> float:
+        exc = retry_state.outcome.exception()
+        if isinstance(exc, _Retryable):
+            if exc.immediate:
+                return 0.0
+            if exc.retry_after is not None and not self._other_endpoint_up(retry_state):
+                # Honour Retry-After as given (capped), plus a little jitter so waiters don't stampede.
+                ra = min(exc.retry_after, self.config.max_retry_after_s)
+                return ra + self._rng.uniform(0, min(0.05 * ra, 1.0))
+        return wait_random_exponential(multiplier=self.config.backoff_base_s, max=self.config.backoff_max_s)(
+            retry_state
+        )
+
+    def _other_endpoint_up(self, retry_state) -> bool:
+        now = time.monotonic()
+        return sum(1 for e in self.endpoints if e.dead is None and e.down_until <= now) > 0 and len(self.endpoints) > 1
+
+    async def _pick_endpoint(self, avoid: Optional[_Endpoint]) -> _Endpoint:
+        while True:
+            alive = [e for e in self.endpoints if e.dead is None]
+            if not alive:
+                raise TeacherError("teacher unusable: " + "; ".join(x.dead for x in self.endpoints))
+            now = time.monotonic()
+            up = [e for e in alive if e.down_until <= now]
+            if not up:
+                # Everyone asked us to back off (Retry-After) or is cooling down: wait for the first.
+                await asyncio.sleep(min(e.down_until for e in alive) - now)
+                continue
+            if avoid is not None and len(up) > 1 and avoid in up:
+                up.remove(avoid)
+            if len(up) == 1:
+                return up[0]
+            return self._rng.choices(up, weights=[e.cfg.weight for e in up])[0]
+
+    def _client(self, ep: _Endpoint, st: _LoopState) -> openai.AsyncOpenAI:
+        c = st.clients.get(ep.idx)
+        if c is None:
+            key = os.environ.get(ep.cfg.api_key_env)
+            if not key:
+                if not ep.is_local:
+                    raise TeacherError(
+                        f"environment variable {ep.cfg.api_key_env} is not set (the API key for {ep.host})"
+                    )
+                key = _DUMMY_KEY  # local servers rarely check keys; the SDK insists on one
+            c = openai.AsyncOpenAI(base_url=ep.cfg.base_url, api_key=key, max_retries=0,
+                                   timeout=self.config.timeout_s)
+            st.clients[ep.idx] = c
+        return c
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        if self._state is None or self._state.loop is not loop:
+            self._state = _LoopState(self.config.max_concurrency)
+        return self._state
+
+    async def _arun_and_close(self, requests, progress):
+        try:
+            return await self.arun(requests, progress=progress)
+        finally:
+            st = self._state
+            if st is not None:
+                await asyncio.gather(*(c.close() for c in st.clients.values()), return_exceptions=True)
+                self._state = None
+
+    # -- budget, params, bookkeeping -----------------------------------------------------------------
+    def _check_budget(self) -> None:
+        b, u = self.config.budget, self._u
+        why = None
+        if b.max_calls is not None and self._started >= b.max_calls:
+            why = f"max_calls={b.max_calls} reached"
+        elif b.max_tokens is not None and u["prompt_tokens"] + u["completion_tokens"] >= b.max_tokens:
+            why = f"max_tokens={b.max_tokens} reached ({u['prompt_tokens'] + u['completion_tokens']} used)"
+        elif b.max_cost_usd is not None and u["cost_usd"] >= b.max_cost_usd:
+            why = f"max_cost_usd={b.max_cost_usd} reached (${u['cost_usd']:.4f} spent)"
+        if why:
+            where = f" in {self.log_path}" if self.log_path else ""
+            self._stop = BudgetExhausted(
+                f"teacher budget: {why}; {u['ok']} completed calls are saved{where}. "
+                "Re-run to resume (completed calls come from the cache, free) or raise the budget."
+            )
+            raise self._stop
+
+    def _params(self, req: ChatRequest) -> dict:
+        c = self.config
+        p = {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
+        p.update({k: v for k, v in req.params.items() if v is not None})
+        return p
+
+    def _seed(self, req: ChatRequest) -> Optional[int]:
+        return self.config.seed if req.seed is None else req.seed
+
+    def _json(self, req: ChatRequest) -> bool:
+        return self.config.response_format_json if req.json is None else bool(req.json)
+
+    def _record(self, req: ChatRequest, key: str, res: ChatResult) -> None:
+        u = self._u
+        u["prompt_tokens"] += res.usage["prompt_tokens"]
+        u["completion_tokens"] += res.usage["completion_tokens"]
+        u["cost_usd"] += res.cost_usd
+        u["ok" if res.ok else "errors"] += 1
+        request = {"model": self.model_id, "messages": req.messages, "params": self._params(req),
+                   "seed": self._seed(req), "sample": req.sample, "json": self._json(req)}
+        self.log.record(
+            key=key, status="ok" if res.ok else "error", cached=0, model=res.model, endpoint=res.endpoint,
+            tag=req.tag, request_json=request, response_text=res.text, finish_reason=res.finish_reason,
+            prompt_tokens=res.usage["prompt_tokens"], completion_tokens=res.usage["completion_tokens"],
+            cost_usd=res.cost_usd, latency_s=res.latency_s, attempts=res.attempts, error=res.error,
+        )
+
+    def _from_cache(self, row: dict, req: ChatRequest, key: str) -> ChatResult:
+        self._u["cache_hits"] += 1
+        # Cache hits are free and need not be durable: logged in batches.
+        self._pending_hits.append({"key": key, "status": "ok", "cached": 1, "model": row["model"],
+                                   "endpoint": row["endpoint"], "tag": req.tag, "ts": time.time()})
+        if len(self._pending_hits) >= 256:
+            self._flush_hits()
+        return ChatResult(
+            text=row["response_text"], finish_reason=row["finish_reason"], cached=True, attempts=0,
+            usage={"prompt_tokens": 0, "completion_tokens": 0}, model=row["model"], endpoint=row["endpoint"],
+            key=key, tag=req.tag, latency_s=0.0,
+        )
+
+    def _flush_hits(self) -> None:
+        if self._pending_hits:
+            rows, self._pending_hits = self._pending_hits, []
+            self.log.record_many(rows)
+
+    def _redact(self, text: str) -> str:
+        for e in self.endpoints:
+            k = os.environ.get(e.cfg.api_key_env)
+            if k and len(k) >= 4:
+                text = text.replace(k, "***")
+        # Servers echo masked keys (sk-ab***yz) in 401 messages: drop those too.
+        text = re.sub(r"\b(sk|key|api)[-_][A-Za-z0-9_\-\*\.]{4,}", r"\1-***", text)
+        return re.sub(r"(?i)bearer\s+\S+", "Bearer ***", text)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _error_detail(e: openai.APIStatusError) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body["error"] if isinstance(body.get("error"), dict) else body
+        if err.get("message"):
+            return str(err["message"])[:300]
+    return str(getattr(e, "message", e))[:300]
+
+
+def _as_request(r) -> ChatRequest:
+    if isinstance(r, ChatRequest):
+        return r
+    if isinstance(r, dict):
+        if "messages" not in r:
+            raise ValueError("a request dict needs 'messages'")
+        return ChatRequest(**r)
+    raise TypeError(f"expected ChatRequest or dict, got {type(r).__name__}")
+
+
+def _split_kw(kw: dict) -> dict:
+    own = {k: kw.pop(k) for k in ("seed", "sample", "tag", "json") if k in kw}
+    return {**own, "params": kw}
+
+
+def _replace(res: ChatResult, **kw) -> ChatResult:
+    d = dict(res.__dict__)
+    d.update(kw)
+    return ChatResult(**d)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="teacher", unit="call", leave=False)
+
+
+def _run_sync(coro):
+    """asyncio.run, or the same in a helper thread when the caller already runs a loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict = {}
+
+    def target():
+        try:
+            box["v"] = asyncio.run(coro)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["e"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["v"]
