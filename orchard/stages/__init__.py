@@ -1,0 +1,275 @@
+"""The runner's stage table: for each stage, where its inputs come from and which package function runs it.
+
+This is the one place that composes synth, review and align; each adapter is a few lines that hand dataset
+folders from one package to the next. Package imports happen inside the adapters, so that a recipe using only
+some stages never imports the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchard.dataio import read_rows, write_split
+from orchard.errors import InputError
+from orchard.runner import StageContext, StageSpec, resolve_model_ref
+
+
+def _path(p: str, field: str) -> Path:
+    path = Path(p).expanduser()
+    if not path.exists():
+        raise InputError("file or folder not found", path=path, field=field)
+    return path
+
+
+def _latest(run_dir: Path, recipe, *candidates: str) -> Path:
+    """The output folder of the nearest earlier stage, among ``candidates`` (latest first), that the recipe has."""
+    for name in candidates:
+        if getattr(recipe, name, None) is not None:
+            return run_dir / name
+    raise InputError(f"this stage needs one of the stages {', '.join(candidates)} earlier in the recipe")
+
+
+# ---------------------------------------------------------------- seeds
+
+def _seeds_inputs(recipe, run_dir):
+    return {"seeds": _path(recipe.seeds.path, "seeds.path")}
+
+
+def _seeds_run(ctx: StageContext) -> dict:
+    from orchard.synth.seeds import load_seeds
+
+    rows = load_seeds(ctx.inputs["seeds"])
+    if ctx.config.limit:
+        rows = rows[: ctx.config.limit]
+    write_split(ctx.out_dir, "train", rows)
+    return {"seeds": len(rows), "classification": sum(bool(r.get("is_classification")) for r in rows)}
+
+
+# ---------------------------------------------------------------- tabular
+
+def _tabular_inputs(recipe, run_dir):
+    return {"table": _path(recipe.tabular.table, "tabular.table")}
+
+
+def _tabular_run(ctx: StageContext) -> dict:
+    from orchard.synth.tabular.api import tabular_stage
+    from orchard.synth.tabular.config import TabularConfig
+
+    cfg = TabularConfig.model_validate(ctx.config.options)
+    return tabular_stage(ctx.inputs["table"], ctx.out_dir, ctx.work_dir, cfg)
+
+
+# ---------------------------------------------------------------- teacher_model (the offline quickstart's teacher)
+
+def _teacher_model_inputs(recipe, run_dir):
+    return {"seeds": run_dir / "seeds"}
+
+
+def _teacher_model_run(ctx: StageContext) -> dict:
+    from orchard.synth.api import teacher_training_examples
+    from orchard.teacher_train import train_tiny_teacher
+
+    cfg = ctx.config
+    seeds = read_rows(ctx.inputs["seeds"])
+    examples = teacher_training_examples(seeds, cfg.examples, seed=cfg.seed)
+    return train_tiny_teacher(ctx.out_dir / "model", examples, seconds=cfg.seconds, seed=cfg.seed)
+
+
+# ---------------------------------------------------------------- synth
+
+def _with_served_teacher(recipe, run_dir, inputs: dict) -> dict:
+    """A teacher this run trains and serves is an input like any other: retrain it and its users re-run."""
+    t = recipe.teacher
+    if t is not None and t.serve is not None and t.serve.model.startswith("run:"):
+        inputs["teacher_model"] = run_dir / t.serve.model[4:]
+    return inputs
+
+
+def _synth_inputs(recipe, run_dir):
+    inputs = {"seeds": run_dir / "seeds"}
+    if recipe.tabular is not None:
+        inputs["records"] = run_dir / "tabular"
+    return _with_served_teacher(recipe, run_dir, inputs)
+
+
+def _teacher_identity(recipe):
+    """What the fingerprint knows of the teacher: its model and endpoint, never a key; a served model by content."""
+    t = recipe.teacher
+    if t is None:
+        return None
+    data = t.model_dump(mode="json")
+    serve = data.pop("serve", None)
+    if serve:
+        data.pop("base_url", None)
+        data["served"] = serve
+    return data
+
+
+def _synth_run(ctx: StageContext) -> dict:
+    from orchard.synth.api import instructions_stage
+
+    return instructions_stage(ctx.inputs["seeds"], ctx.out_dir, ctx.work_dir, ctx.config, ctx.teacher,
+                              records_dir=ctx.inputs.get("records"))
+
+
+# ---------------------------------------------------------------- review
+
+def _review_inputs(recipe, run_dir):
+    return {"data": _latest(run_dir, recipe, "synth", "seeds")}
+
+
+def _review_run(ctx: StageContext) -> dict:
+    from orchard.review.api import review_stage
+
+    return review_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, ctx.config)
+
+
+# ---------------------------------------------------------------- split
+
+def _split_inputs(recipe, run_dir):
+    return {"data": _latest(run_dir, recipe, "review", "synth", "seeds")}
+
+
+def _split_run(ctx: StageContext) -> dict:
+    from orchard.lineage import lineage_split
+
+    rows = read_rows(ctx.inputs["data"])
+    if len(rows) < 2:
+        raise InputError(f"{ctx.inputs['data']}: {len(rows)} rows; a held-out split needs at least 2")
+    cfg = ctx.config
+    seed = cfg.seed if cfg.seed is not None else ctx.recipe.seed
+    res = lineage_split(rows, test_size=cfg.test_size, threshold=cfg.near_duplicate_threshold, seed=seed)
+    write_split(ctx.out_dir, "train", res.train)
+    write_split(ctx.out_dir, "test", res.test)
+    return res.stats()
+
+
+# ---------------------------------------------------------------- sft
+
+def _sft_inputs(recipe, run_dir):
+    return {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "synth")}
+
+
+def _sft_run(ctx: StageContext) -> dict:
+    from orchard.align.api import sft_stage
+
+    cfg = ctx.config
+    if str(cfg.base_model).startswith("run:"):
+        cfg = cfg.model_copy(update={"base_model": str(resolve_model_ref(cfg.base_model, ctx.run_dir))})
+    return sft_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, cfg)
+
+
+# ---------------------------------------------------------------- preferences
+
+def _preferences_inputs(recipe, run_dir):
+    inputs = {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "synth")}
+    if recipe.preferences.source == "reference_vs_policy":
+        inputs["sft"] = run_dir / "sft"
+        return inputs
+    return _with_served_teacher(recipe, run_dir, inputs)
+
+
+def _preferences_run(ctx: StageContext) -> dict:
+    cfg = ctx.config
+    if cfg.source == "reference_vs_policy":
+        from orchard.align.api import policy_pairs_stage
+        from orchard.align.config import SampleConfig
+
+        scfg = SampleConfig.model_validate(cfg.options)
+        return policy_pairs_stage(ctx.inputs["data"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, scfg)
+    from orchard.synth.api import preferences_stage
+    from orchard.synth.methods_config import PreferencesConfig
+
+    pcfg = PreferencesConfig.model_validate(cfg.options)
+    return preferences_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, pcfg, ctx.teacher)
+
+
+def _preferences_needs_teacher(recipe) -> bool:
+    return recipe.preferences is not None and recipe.preferences.source == "judge"
+
+
+# ---------------------------------------------------------------- dpo
+
+def _dpo_inputs(recipe, run_dir):
+    return {"pairs": run_dir / "preferences", "sft": run_dir / "sft"}
+
+
+def _dpo_run(ctx: StageContext) -> dict:
+    from orchard.align.api import dpo_stage
+
+    return dpo_stage(ctx.inputs["pairs"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, ctx.config)
+
+
+# ---------------------------------------------------------------- rlaif: align samples, synth judges, align trains
+
+def _rlaif_inputs(recipe, run_dir):
+    start = run_dir / "dpo" if recipe.dpo is not None else run_dir / "sft"
+    return _with_served_teacher(recipe, run_dir, {"data": run_dir / "split", "sft": run_dir / "sft", "policy": start})
+
+
+def _rlaif_run(ctx: StageContext) -> dict:
+    from orchard.align.api import dpo_stage, sample_stage
+    from orchard.align.config import DPOConfig, SampleConfig
+    from orchard.synth.api import judge_candidates_stage
+    from orchard.synth.methods_config import JudgeConfig
+
+    cfg = ctx.config
+    policy = ctx.inputs["policy"]
+    rounds = []
+    for r in range(1, cfg.rounds + 1):
+        rd = ctx.out_dir / f"round-{r}"
+        wd = ctx.work_dir / f"round-{r}"
+        res = {"round": r}
+        res["sample"] = _cached_step(wd / "candidates", rd / "candidates", lambda o, w: sample_stage(
+            ctx.inputs["data"], policy, o, w, SampleConfig.model_validate(cfg.sample)))
+        res["judge"] = _cached_step(wd / "pairs", rd / "pairs", lambda o, w: judge_candidates_stage(
+            rd / "candidates", o, w, JudgeConfig.model_validate(cfg.judge), ctx.teacher))
+        dcfg = DPOConfig.model_validate(cfg.dpo)
+        res["dpo"] = _cached_step(wd / "dpo", rd / "dpo", lambda o, w: dpo_stage(rd / "pairs", policy, o, w, dcfg))
+        policy = rd / "dpo"
+        rounds.append(res)
+    return {"rounds": rounds, "final_policy": str(policy.relative_to(ctx.out_dir))}
+
+
+def _cached_step(work: Path, out: Path, fn) -> dict:
+    """One step of a multi-step stage, run into its own folder (the stage's temp output)."""
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return fn(out, work)
+
+
+# ---------------------------------------------------------------- eval
+
+def _eval_inputs(recipe, run_dir):
+    inputs = {"data": run_dir / "split", "sft": run_dir / "sft"}
+    if recipe.preferences is not None:
+        inputs["pairs"] = run_dir / "preferences"
+    if recipe.dpo is not None:
+        inputs["dpo"] = run_dir / "dpo"
+    return inputs
+
+
+def _eval_run(ctx: StageContext) -> dict:
+    from orchard.align.api import eval_stage
+
+    return eval_stage(ctx.inputs["data"], ctx.inputs.get("pairs"), ctx.inputs["sft"], ctx.inputs.get("dpo"),
+                      ctx.out_dir, ctx.work_dir, ctx.config)
+
+
+STAGES: dict[str, StageSpec] = {
+    "seeds": StageSpec("seeds", _seeds_inputs, _seeds_run),
+    "tabular": StageSpec("tabular", _tabular_inputs, _tabular_run),
+    "teacher_model": StageSpec("teacher_model", _teacher_model_inputs, _teacher_model_run),
+    "synth": StageSpec("synth", _synth_inputs, _synth_run, needs_teacher=lambda r: True,
+                       extra_fingerprint=_teacher_identity),
+    "review": StageSpec("review", _review_inputs, _review_run),
+    "split": StageSpec("split", _split_inputs, _split_run),
+    "sft": StageSpec("sft", _sft_inputs, _sft_run),
+    "preferences": StageSpec("preferences", _preferences_inputs, _preferences_run,
+                             needs_teacher=_preferences_needs_teacher,
+                             extra_fingerprint=lambda r: _teacher_identity(r) if _preferences_needs_teacher(r) else None),
+    "dpo": StageSpec("dpo", _dpo_inputs, _dpo_run),
+    "rlaif": StageSpec("rlaif", _rlaif_inputs, _rlaif_run, needs_teacher=lambda r: True,
+                       extra_fingerprint=_teacher_identity),
+    "eval": StageSpec("eval", _eval_inputs, _eval_run),
+}

@@ -1,0 +1,294 @@
+"""The runner: composes the packages' stage functions into a resumable run under ``runs/<name>/``.
+
+For each stage the runner hashes the stage's inputs (upstream output folders, input files) and its resolved config
+into a fingerprint. A stage whose ``manifest.json`` holds the same fingerprint is skipped. Otherwise the stage
+writes into a temporary folder that replaces ``runs/<name>/<stage>/`` only when the stage returns, and keeps
+resumable state (call cache, checkpoints) in ``runs/<name>/.work/<stage>/``, which survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from orchard import __version__
+from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json, content_hash, read_manifest, tree_hash
+from orchard.errors import InputError, OrchardError
+from orchard.recipe import STAGE_ORDER, stages_in
+
+console = Console(stderr=True)
+
+TRACKED_PACKAGES = [
+    "torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "accelerate", "sdv", "sdmetrics",
+    "openai", "argilla", "sentence-transformers", "datasketch", "pydantic",
+]
+
+# What a changed work folder may keep: the teacher call cache is keyed by the full request, so it stays valid
+# under any config change and keeps us from paying twice.
+_KEEP_ON_CONFIG_CHANGE = ("calls.sqlite", "calls.sqlite-wal", "calls.sqlite-shm")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "orchard": __version__}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+@dataclass
+class StageContext:
+    """What a stage adapter gets: its config, its inputs, a temporary output folder and a persistent work folder."""
+
+    stage: str
+    recipe: Any
+    run_dir: Path
+    out_dir: Path
+    work_dir: Path
+    inputs: dict[str, Path]
+    teacher: Any = None  # a synth TeacherConfig with base_url/model filled in, for stages that call the teacher
+
+    @property
+    def config(self):
+        return getattr(self.recipe, self.stage)
+
+
+@dataclass
+class StageSpec:
+    name: str
+    inputs: Callable[[Any, Path], dict[str, Path]]
+    run: Callable[[StageContext], dict]
+    needs_teacher: Callable[[Any], bool] = lambda recipe: False
+    extra_fingerprint: Callable[[Any], Any] = lambda recipe: None
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # ran | skipped | pending | failed
+    seconds: float = 0.0
+    result: dict = field(default_factory=dict)
+
+
+class Runner:
+    """Run a validated recipe's stages in order, skipping unchanged ones and resuming killed ones."""
+
+    def __init__(self, recipe, *, runs_dir: str | Path | None = None, specs: dict[str, StageSpec] | None = None,
+                 console_: Console | None = None):
+        from orchard.stages import STAGES
+
+        self.recipe = recipe
+        self.specs = specs or STAGES
+        self.run_dir = Path(runs_dir or recipe.runs_dir) / recipe.name
+        self.console = console_ or console
+        self._server_stack: contextlib.ExitStack | None = None
+        self._teacher = None
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, *, from_stage: str | None = None, to_stage: str | None = None, force: bool = False) -> list[StageOutcome]:
+        names = stages_in(self.recipe)
+        if not names:
+            raise InputError("the recipe holds no stage blocks; nothing to run")
+        for flag, value in (("--from", from_stage), ("--to", to_stage)):
+            if value is not None and value not in names:
+                raise InputError(f"{flag} {value}: not a stage of this recipe (its stages: {', '.join(names)})")
+        start = names.index(from_stage) if from_stage else 0
+        stop = names.index(to_stage) + 1 if to_stage else len(names)
+        selected = names[start:stop]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        outcomes: list[StageOutcome] = []
+        with self._lock(), contextlib.ExitStack() as stack:
+            self._server_stack = stack
+            atomic_write_json(self.run_dir / "recipe.resolved.json", self.recipe.model_dump(mode="json"))
+            for name in selected:
+                forced = force or (from_stage is not None and name == from_stage)
+                outcome = self._run_stage(name, forced)
+                outcomes.append(outcome)
+                if outcome.status == "pending":
+                    break
+            self._server_stack = None
+        self._write_run_summary(outcomes)
+        return outcomes
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _lock(self):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OrchardError(f"another orchard process is running {self.run_dir}; wait for it or stop it") from None
+            yield
+
+    def fingerprint(self, name: str) -> tuple[str, dict, dict]:
+        spec = self.specs[name]
+        inputs = spec.inputs(self.recipe, self.run_dir)
+        input_hashes = {}
+        for key, path in inputs.items():
+            if not Path(path).exists():
+                raise InputError(f"stage '{name}' needs {key} at {path}, which does not exist "
+                                 f"(run the earlier stages first, or fix the path)")
+            input_hashes[key] = {"path": str(path), "hash": tree_hash(path, ignore=[MANIFEST])}
+        cfg = getattr(self.recipe, name)
+        config = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
+        extra = spec.extra_fingerprint(self.recipe)
+        fp = content_hash({"stage": name, "config": config, "inputs": {k: v["hash"] for k, v in input_hashes.items()},
+                           "extra": extra, "seed": self.recipe.seed}, n=32)
+        return fp, input_hashes, {"stage": config, "extra": extra, "seed": self.recipe.seed}
+
+    def _run_stage(self, name: str, forced: bool) -> StageOutcome:
+        spec = self.specs[name]
+        fp, input_hashes, config = self.fingerprint(name)
+        final = self.stage_dir(name)
+        old = read_manifest(final)
+        if not forced and old.get("fingerprint") == fp and old.get("status") == "complete":
+            self.console.print(f"[dim]· {name}: unchanged, skipped ({final})[/dim]")
+            return StageOutcome(name, "skipped", 0.0, old.get("result", {}))
+        work = self.run_dir / ".work" / name
+        self._prepare_work(work, fp)
+        teacher = self._teacher_for(name) if spec.needs_teacher(self.recipe) else None
+        self.console.rule(f"[bold]{name}")
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        try:
+            with atomic_dir(final) as tmp:
+                ctx = StageContext(name, self.recipe, self.run_dir, tmp, work,
+                                   {k: Path(v["path"]) for k, v in input_hashes.items()}, teacher)
+                result = spec.run(ctx) or {}
+                if result.get("status") == "pending":
+                    # Nothing final yet (e.g. reviewers still at work): leave the previous output in place.
+                    raise _Pending(result)
+                self._finish(name, tmp, fp, input_hashes, config, started, t0, result)
+        except _Pending as p:
+            self.console.print(f"[yellow]… {name}: pending[/yellow] {p.result.get('message', '')}")
+            return StageOutcome(name, "pending", time.perf_counter() - t0, p.result)
+        seconds = time.perf_counter() - t0
+        self.console.print(f"[green]✓ {name}[/green] in {seconds:.1f}s → {final}")
+        return StageOutcome(name, "ran", seconds, result)
+
+    def _finish(self, name, tmp, fp, input_hashes, config, started, t0, result) -> None:
+        """Write the manifest into the temporary output folder (renamed into place by the caller)."""
+        seconds = time.perf_counter() - t0
+        manifest = {
+            "stage": name,
+            "status": "complete",
+            "fingerprint": fp,
+            "inputs": input_hashes,
+            "config": config,
+            "versions": package_versions(),
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "seconds": round(seconds, 3),
+            "result": result,
+        }
+        if "gate" in result:
+            manifest["gate"] = result["gate"]
+        atomic_write_json(tmp / MANIFEST, manifest)
+
+    def _prepare_work(self, work: Path, fp: str) -> None:
+        """A work folder belongs to one fingerprint: after a config or input change, keep only the call cache."""
+        work.mkdir(parents=True, exist_ok=True)
+        marker = work / ".fingerprint"
+        if marker.exists() and marker.read_text().strip() != fp:
+            for p in work.iterdir():
+                if p.name in _KEEP_ON_CONFIG_CHANGE or p == marker:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        marker.write_text(fp)
+
+    def _teacher_for(self, stage: str):
+        """The teacher config for a stage, starting the run's own teacher server on first use."""
+        if self._teacher is not None:
+            return self._teacher
+        t = self.recipe.teacher
+        if t is None:
+            raise InputError(f"stage '{stage}' calls a teacher model, but the recipe has no 'teacher:' block "
+                             f"(give base_url and model, or serve: {{model: PATH}})", field="teacher")
+        data = t.model_dump()
+        serve = data.pop("serve", None)
+        if serve:
+            from orchard.serve import TeacherServer
+
+            model_path = resolve_model_ref(serve["model"], self.run_dir)
+            server = TeacherServer(model_path, device=serve.get("device", "cpu"),
+                                   log_path=self.run_dir / ".work" / "teacher-server.log")
+            self.console.print(f"starting the run's teacher server for {model_path} …")
+            self._server_stack.enter_context(server)
+            data["base_url"], data["model"] = server.base_url, server.model
+        from orchard.synth.config import TeacherConfig
+
+        self._teacher = TeacherConfig.model_validate(data)
+        return self._teacher
+
+    def _write_run_summary(self, outcomes: list[StageOutcome]) -> None:
+        from orchard.report import write_run_report
+
+        write_run_report(self.run_dir, [n for n in STAGE_ORDER if (self.run_dir / n / MANIFEST).exists()])
+
+
+class _Pending(Exception):
+    def __init__(self, result):
+        self.result = result
+
+
+def resolve_model_ref(ref: str, run_dir: Path) -> Path:
+    """'run:<stage>' names a model a stage of this run produced; anything else is a path."""
+    if ref.startswith("run:"):
+        stage = ref[4:]
+        path = run_dir / stage / "model"
+        if not path.exists():
+            raise InputError(f"model '{ref}': {path} does not exist (run the '{stage}' stage first)")
+        return path
+    return Path(ref)
+
+
+def run_standalone(fn: Callable[..., dict], out: str | Path, *args, name: str = "stage", config=None,
+                   inputs: dict[str, Path] | None = None, work_dir: str | Path | None = None, **kwargs) -> dict:
+    """Run one package stage function outside a recipe: same atomic output folder, manifest and work folder.
+
+    Used by the CLI's per-package commands (``orchard synth instructions …``).
+    """
+    out = Path(out)
+    work = Path(work_dir) if work_dir else out.parent / ".work" / out.name
+    work.mkdir(parents=True, exist_ok=True)
+    input_hashes = {k: {"path": str(v), "hash": tree_hash(v, ignore=[MANIFEST])} for k, v in (inputs or {}).items()}
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        result = fn(*args, out_dir=tmp, work_dir=work, config=config, **kwargs) or {}
+        manifest = {
+            "stage": name, "status": "complete",
+            "fingerprint": content_hash({"inputs": input_hashes,
+                                         "config": config.model_dump(mode="json") if config is not None else None}, n=32),
+            "inputs": input_hashes,
+            "config": {"stage": config.model_dump(mode="json") if config is not None else None},
+            "versions": package_versions(), "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "seconds": round(time.perf_counter() - t0, 3), "result": result,
+        }
+        if "gate" in result:
+            manifest["gate"] = result["gate"]
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return result
+
+
+def summarise(outcomes: list[StageOutcome]) -> list[dict]:
+    return [{"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 1),
+             "result": json.loads(json.dumps(o.result, default=str))} for o in outcomes]

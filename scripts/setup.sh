@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up orchard on a fresh machine: system packages, the main venv (.venv), and the Argilla server's own venv.
+# Safe to re-run. On a CPU machine torch is pinned to its CPU build through constraints-cpu.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  $PY -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  echo "==> torch (CPU build)"
+  $PIP install -q "torch==2.13.0"
+fi
+echo "==> orchard and its dependencies (constrained: no CUDA torch on CPU machines)"
+$PIP install -q -c constraints-cpu.txt -e ".[dev]"
+# anonymeter (privacy risk evaluators) pins numpy<1.27 and pyarrow<22, which datasets 5 cannot live with;
+# its code runs on numpy 2 (tests/test_tabular* exercise it), so it is installed without its pins.
+$PIP install -q --no-deps "anonymeter==1.0.0"
+echo "==> Argilla server environment (separate venv: its pins clash with the training stack)"
+.venv/bin/orchard review setup
+echo "==> setup done"
