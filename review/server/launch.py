@@ -1,0 +1,83 @@
+"""Entry point that orchard runs with the Argilla server venv's python (argilla-server + standard library only).
+
+    python launch.py init  --api-key KEY --password PW   # migrate the database, create the owner `argilla`
+    python launch.py serve --host 127.0.0.1 --port 6900  # the API and web UI, with the orchard_sql engine
+    python launch.py worker                               # the rq worker (background jobs), same engine
+
+Configuration comes from the ARGILLA_* environment variables that orchard sets (database URL, Redis URL, ...).
+The API key and password are read from the environment (ORCHARD_OWNER_API_KEY, ORCHARD_OWNER_PASSWORD) when not
+given, so that they never appear in a process listing.
+"""
+
+import argparse
+import asyncio
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("ARGILLA_SEARCH_ENGINE", "orchard_sql")
+
+import orchard_sqlsearch  # noqa: E402,F401  (registers the engine before the app is imported)
+
+
+def _sqlite_tuning() -> None:
+    """WAL lets the worker and the server write without locking readers out; the extra indexes serve the queue."""
+    from sqlalchemy import text
+
+    from argilla_server.database import sync_engine
+
+    if sync_engine.dialect.name != "sqlite":
+        return
+    with sync_engine.begin() as conn:
+        conn.execute(text("PRAGMA journal_mode=WAL"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_records_ds_inserted ON records (dataset_id, inserted_at)"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_responses_rec_user ON responses (record_id, user_id)"))
+
+
+def init(api_key: str, password: str) -> None:
+    from argilla_server.cli.database.migrate import migrate_db
+    from argilla_server.cli.database.users.create_default import _create_default
+
+    migrate_db(revision="head")
+    asyncio.run(_create_default(api_key=api_key, password=password, quiet=True))
+    _sqlite_tuning()
+
+
+def serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from argilla_server import app  # the same object `python -m argilla_server start` serves
+
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+
+
+def worker(num_workers: int) -> None:
+    from argilla_server.cli.worker import worker as run_worker
+
+    run_worker(queues=["default", "high"], num_workers=num_workers)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("init")
+    i.add_argument("--api-key", default=os.environ.get("ORCHARD_OWNER_API_KEY"))
+    i.add_argument("--password", default=os.environ.get("ORCHARD_OWNER_PASSWORD"))
+    s = sub.add_parser("serve")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=6900)
+    w = sub.add_parser("worker")
+    w.add_argument("--num-workers", type=int, default=1)
+    a = p.parse_args()
+    if a.cmd == "init":
+        if not a.api_key or not a.password:
+            p.error("init needs an API key and a password")
+        init(a.api_key, a.password)
+    elif a.cmd == "serve":
+        serve(a.host, a.port)
+    else:
+        worker(a.num_workers)
+
+
+if __name__ == "__main__":
+    main()
