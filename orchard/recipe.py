@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchard.errors import InputError
 
@@ -99,9 +99,22 @@ def recipe_model():
     if _RECIPE_MODEL is not None:
         return _RECIPE_MODEL
     m = _package_models()
-    teacher_block = create_model(
-        "TeacherBlock", __base__=m["TeacherConfig"], serve=(ServeConfig | None, None),
-    )
+    base = m["TeacherConfig"]
+
+    class TeacherBlock(base):
+        """The teacher endpoint, or ``serve:`` a local model that the run starts and stops itself."""
+
+        serve: ServeConfig | None = None
+
+        @model_validator(mode="after")
+        def _one_way_to_name_endpoints(self):  # same name: replaces the parent's check
+            if self.serve is not None:
+                if self.base_url or self.endpoints:
+                    raise ValueError("'serve' starts the run's own teacher server: drop base_url/endpoints")
+                return self
+            return base._one_way_to_name_endpoints(self)
+
+    teacher_block = TeacherBlock
     _RECIPE_MODEL = create_model(
         "Recipe",
         __config__=ConfigDict(extra="forbid"),

@@ -163,6 +163,9 @@ class Runner:
             return StageOutcome(name, "skipped", 0.0, old.get("result", {}))
         work = self.run_dir / ".work" / name
         self._prepare_work(work, fp)
+        # A stage killed with SIGKILL leaves its temporary folder behind; we hold the run lock, so it is stale.
+        for stale in list(self.run_dir.glob(f".tmp-{name}-*")) + list(self.run_dir.glob(f".old-{name}-*")):
+            shutil.rmtree(stale, ignore_errors=True)
         teacher = self._teacher_for(name) if spec.needs_teacher(self.recipe) else None
         self.console.rule(f"[bold]{name}")
         started = datetime.now(timezone.utc)
