@@ -40,6 +40,9 @@ CREATE INDEX IF NOT EXISTS calls_key ON calls(key, status, cached);
 CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts);
 """
 
+# File name stages use for their call log, under the stage's work_dir (survives a crash; resumes from it).
+CALL_LOG_NAME = "teacher_calls.sqlite"
+
 _COLUMNS = (
     "key ts status cached model endpoint tag request_json response_text finish_reason prompt_tokens "
     "completion_tokens cost_usd latency_s attempts error"
@@ -168,6 +171,24 @@ class CallLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def find_call_log(path: Path | str) -> Path:
+    """A call-log file: ``path`` itself, or the most recently written one under a folder (runs/, a run)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        found = [f for f in p.rglob(CALL_LOG_NAME) if f.is_file()]
+        if found:
+            return max(found, key=lambda f: max(f.stat().st_mtime, _wal_mtime(f)))
+        raise FileNotFoundError(f"no {CALL_LOG_NAME} under {p}")
+    raise FileNotFoundError(f"{p} does not exist")
+
+
+def _wal_mtime(f: Path) -> float:
+    w = f.with_name(f.name + "-wal")
+    return w.stat().st_mtime if w.exists() else 0.0
 
 
 def _sqlable(v: Any) -> Any:
