@@ -52,14 +52,16 @@ def calls(
     console = Console()
     if rows:
         t = Table(title=f"recent calls — {path}")
-        for col in ("id", "time", "status", "model @ endpoint", "tag", "tok in/out", "latency", "try", "text / error"):
-            t.add_column(col, overflow="fold")
+        widths = {"id": 3, "time": 8, "status": 6, "endpoint": 8, "tag": 3, "tokens": 5, "latency": 5, "try": 3}
+        for col, w in widths.items():
+            t.add_column(col, no_wrap=True, min_width=w, overflow="ellipsis")
+        t.add_column("text / error", overflow="ellipsis", no_wrap=True, ratio=1)
         for r in rows:
             status = "cached" if r["cached"] else r["status"]
             style = {"ok": "green", "error": "red", "cached": "cyan"}[status]
             snippet = r["error"] if r["status"] == "error" else (r["response_text"] or "")
             t.add_row(
-                str(r["id"]), _when(r["ts"]), f"[{style}]{status}[/{style}]", f"{r['model']} @ {r['endpoint']}",
+                str(r["id"]), _when(r["ts"]), f"[{style}]{status}[/{style}]", r["endpoint"] or "",
                 r["tag"] or "", f"{r['prompt_tokens']}/{r['completion_tokens']}",
                 "" if r["latency_s"] is None else f"{r['latency_s']:.2f}s", str(r["attempts"]),
                 _clip(snippet, 60),
@@ -86,7 +88,7 @@ def _clip(s: str, n: int) -> str:
 
 
 def _when(ts: Optional[float]) -> str:
-    return "" if ts is None else _dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M:%S")
+    return "" if ts is None else _dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
 
 
 calls_app.command("calls")(calls)
