@@ -1,0 +1,105 @@
+"""Pieces shared by the SFT and DPO stages: trainer arguments, resume, run summaries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from orchard.dataio import atomic_write_json
+
+from .config import TrainSettings
+from .modeling import resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+def trainer_kwargs(config: TrainSettings, ckpt_dir: Path, has_eval: bool, dtype_name: str) -> dict:
+    """Keyword arguments for a TRL config (SFTConfig/DPOConfig share TrainingArguments)."""
+    dtype = resolve_dtype(dtype_name)
+    on_gpu = torch.cuda.is_available()
+    eval_steps = config.eval_steps or config.logging_steps
+    save_steps = config.save_steps
+    kw = dict(
+        output_dir=str(ckpt_dir),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        # Our StopOnNaN callback must see NaNs; the default filter would hide them.
+        logging_nan_inf_filter=False,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        gradient_checkpointing=config.gradient_checkpointing,
+        report_to=config.report_to,
+        use_liger_kernel=config.use_liger_kernel,
+        dataloader_num_workers=config.dataloader_num_workers,
+        bf16=dtype == torch.bfloat16,
+        fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps if has_eval else None,
+        include_num_input_tokens_seen=True,
+        disable_tqdm=False,
+    )
+    if config.gradient_checkpointing:
+        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return kw
+
+
+def align_save_to_eval(kw: dict) -> None:
+    """load_best_model_at_end needs checkpoints on evaluation steps: round save_steps up to a multiple."""
+    ev = kw["eval_steps"]
+    kw["save_steps"] = ev * math.ceil(kw["save_steps"] / ev)
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def save_history(out_dir: Path, history: list[dict]) -> None:
+    clean = [{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in h.items()}
+             for h in history]
+    atomic_write_json(out_dir / "log_history.json", clean)
+
+
+def summary_line(title: str, metrics: dict, keys: list[str]) -> str:
+    parts = []
+    for k in keys:
+        v = metrics.get(k)
+        if v is None:
+            continue
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return f"{title}: " + ", ".join(parts)
+
+
+def print_summary(line: str) -> None:
+    try:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold green]{line}[/]")
+    except Exception:  # rich is a dependency, but a summary must never fail a run
+        print(line)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
