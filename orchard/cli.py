@@ -35,10 +35,25 @@ SUBAPPS = [
 ]
 
 
+_MOUNTED = False
+
+
 def _mount_subapps() -> None:
+    """Attach the packages' Typer apps (once). synth's app also gets the call log and tabular commands."""
+    global _MOUNTED
+    if _MOUNTED:
+        return
     for name, module, attr, help_text in SUBAPPS:
         sub = getattr(importlib.import_module(module), attr)
+        if name == "synth":
+            from orchard.synth import cli_calls
+            from orchard.synth.tabular import cli as tabular_cli
+
+            cli_calls.register(sub)
+            for info in tabular_cli.app.registered_commands:
+                sub.registered_commands.append(info)
         app.add_typer(sub, name=name, help=help_text)
+    _MOUNTED = True
 
 
 @app.command("run")
