@@ -209,6 +209,7 @@ class Teacher:
             "errors": 0,
             "cache_hits": 0,
             "deduped": 0,
+            "usage_estimated": 0,  # responses without `usage`: tokens estimated from characters
             "prompt_tokens": 0,
             "completion_tokens": 0,
             "cost_usd": 0.0,
@@ -383,8 +384,10 @@ class Teacher:
             kwargs["response_format"] = {"type": "json_object"}
         client = self._client(ep, st)
         try:
-            raw = await client.chat.completions.with_raw_response.create(**kwargs)
-            data = raw.http_response.json()
+            # The SDK's generic POST (auth, timeouts, status -> exception mapping) without its typed-param
+            # transform and response models, which cost more CPU than everything else orchard does per call.
+            body = await client.post("/chat/completions", cast_to=str, body=kwargs)
+            data = json.loads(body)
         except openai.APITimeoutError:
             raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
         except openai.APIConnectionError as e:
@@ -395,15 +398,13 @@ class Teacher:
             raise self._fail(ep, f"malformed response body ({ep.host})")
 
         usage = data.get("usage") if isinstance(data, dict) else None
-        if isinstance(usage, dict):
-            acc["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
-            acc["completion_tokens"] += int(usage.get("completion_tokens") or 0)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self._fail(ep, f"response without choices ({ep.host})")
         msg = choices[0].get("message") or {}
         text = msg.get("content") if isinstance(msg, dict) else None
         finish = choices[0].get("finish_reason")
+        self._count_usage(acc, usage, req.messages, text)
         if not isinstance(text, str) or not text.strip():
             raise self._fail(ep, f"empty completion (finish_reason={finish}) ({ep.host})")
         if use_rf and ep.supports_json is None:
@@ -417,6 +418,16 @@ class Teacher:
                 raise self._fail(ep, "invalid JSON in completion", endpoint_fault=False)
         ep.streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
+
+    def _count_usage(self, acc: dict, usage, messages: list[dict], text) -> None:
+        """Add a response's tokens; servers that omit ``usage`` get a chars/4 estimate so budgets still hold."""
+        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+            acc["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            acc["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+            return
+        self._u["usage_estimated"] += 1
+        acc["prompt_tokens"] += sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
+        acc["completion_tokens"] += len(text) // 4 + 1 if isinstance(text, str) else 0
 
     # -- failures, retries, endpoints ----------------------------------------------------------------
     def _fail(self, ep: _Endpoint, reason: str, retry_after: Optional[float] = None,
@@ -442,7 +453,7 @@ class Teacher:
             return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=parse_retry_after(e.response.headers))
         if code in (408, 409) or code >= 500:
             return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(e.response.headers))
-        if code == 400 and used_rf and re.search(r"response_format|json", detail, re.I):
+        if code in (400, 422) and used_rf and re.search(r"response_format|json", detail, re.I):
             # The endpoint cannot do JSON mode: remember, and ask again without it (prompt still asks JSON).
             ep.supports_json = False
             log.info("%s rejects response_format=json_object; asking for JSON in the prompt only", ep.host)

@@ -93,10 +93,10 @@ class FakeTeacher:
     def __init__(self, responder: Callable[[list[dict], dict], str] = default_responder,
                  faults: Optional[FaultPlan] = None, always: Optional[str] = None, latency_s: float = 0.0,
                  supports_json_format: bool = True, model: str = "fake-teacher", echo_key: bool = False,
-                 port: int = 0):
+                 send_usage: bool = True, port: int = 0):
         self.responder, self.faults, self.always = responder, faults, always
         self.latency_s, self.supports_json_format, self.model = latency_s, supports_json_format, model
-        self.echo_key = echo_key
+        self.echo_key, self.send_usage = echo_key, send_usage
         self._port = port
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -225,6 +225,8 @@ class FakeTeacher:
             "model": body.get("model", self.model), "choices": choices,
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out},
         }
+        if not self.send_usage:
+            del payload["usage"]
         sent = h.send_json(200, payload)
         if fault == "ok" and sent:
             with self._lock:

@@ -385,3 +385,12 @@ def test_config_validation_messages(bad, msg):
 def test_provenance_has_hosts_not_keys():
     c = TeacherConfig(endpoints=[{"base_url": "http://a:1/v1", "model": "m"}, {"base_url": "https://b/v1", "model": "m"}])
     assert c.provenance() == {"model": "m", "hosts": ["a:1", "b"]}
+
+
+def test_missing_usage_is_estimated_so_token_budgets_still_hold():
+    with FakeTeacher(send_usage=False) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=1, budget={"max_tokens": 100}), None)
+        with pytest.raises(BudgetExhausted, match="max_tokens=100"):
+            t.chat_many(reqs(100), progress=False)
+        u = t.usage_summary()
+        assert u["usage_estimated"] == u["calls"] and 3 <= u["calls"] < 20
