@@ -41,7 +41,7 @@ CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts);
 """
 
 # File name stages use for their call log, under the stage's work_dir (survives a crash; resumes from it).
-CALL_LOG_NAME = "teacher_calls.sqlite"
+CALL_LOG_NAME = "calls.sqlite"
 
 _COLUMNS = (
     "key ts status cached model endpoint tag request_json response_text finish_reason prompt_tokens "
