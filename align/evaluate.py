@@ -1,0 +1,244 @@
+"""Evaluation stage: held-out loss/perplexity (base, SFT, DPO), preference accuracy and reward margins,
+a forgetting check on general text, judge win-rates (from synth's judge on our head-to-head samples),
+and ``report.md`` with plots.
+
+Each model is loaded on its own (non-quantized by default), scored, and freed before the next, so the
+evaluation never holds two models at once; implicit DPO rewards are combined from stored log-probs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from orchard.dataio import atomic_write_json, atomic_write_text, provenance, read_rows
+from orchard.errors import InputError
+
+from . import data as D
+from .config import EvalConfig
+from .modeling import load_inference_policy, policy_tokenizer, read_policy_info
+from .plots import plot_bars, plot_curves
+from .score import completion_logps, sft_loss
+
+
+def win_rates(judged_dir: Path, candidates_dir: Path) -> dict:
+    """Win-rate of ``completions[0]``'s policy over ``completions[1]``'s from a judged preferences folder.
+
+    Judged rows are matched to candidate rows by prompt; the chosen text tells who won, and a
+    ``provenance.pairwise.winner == "tie"`` counts half. Prompts the judge dropped are left out (``judged``).
+    """
+    cands = read_rows(candidates_dir)
+    judged = read_rows(judged_dir)
+    by_prompt: dict[str, list[dict]] = {}
+    for j in judged:
+        by_prompt.setdefault(json.dumps(j["prompt"], sort_keys=True), []).append(j)
+    wins = ties = losses = 0
+    names = None
+    for c in cands:
+        names = names or provenance(c).get("policies")
+        a, b = c["completions"][0], c["completions"][1]
+        for j in by_prompt.get(json.dumps(list(c["prompt"]), sort_keys=True), []):
+            pw = provenance(j).get("pairwise") or {}
+            chosen = j["chosen"][-1]["content"] if j.get("chosen") else None
+            if pw.get("winner") == "tie":
+                ties += 1
+            elif chosen is not None and chosen.strip() == a.strip() and chosen.strip() != b.strip():
+                wins += 1
+            elif chosen is not None and chosen.strip() == b.strip() and chosen.strip() != a.strip():
+                losses += 1
+            else:
+                ties += 1  # identical answers or an unmatched text: no preference either way
+            break
+    n = wins + ties + losses
+    return {"policies": names, "judged": n, "prompts": len(cands), "wins": wins, "ties": ties, "losses": losses,
+            "win_rate": (wins + 0.5 * ties) / n if n else None}
+
+
+def _free(model) -> None:
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _pair_logps(model, tok, rows, config: EvalConfig) -> tuple[list[float], list[float]]:
+    ch = completion_logps(model, tok, [(r["prompt"], r["chosen"]) for r in rows], config.batch_size,
+                          config.max_length)
+    rj = completion_logps(model, tok, [(r["prompt"], r["rejected"]) for r in rows], config.batch_size,
+                          config.max_length)
+    return [x for x, _ in ch], [x for x, _ in rj]
+
+
+def eval_stage(sft_data_dir: Path, pairs_dir: Path | None, sft_dir: Path, dpo_dir: Path | None, out_dir: Path,
+               work_dir: Path, config: EvalConfig, judged: dict[str, tuple[Path, Path]] | None = None,
+               base_model: str | None = None) -> dict:
+    """Score base / SFT / DPO on held-out data; write metrics.json, report.md and PNGs into ``out_dir``.
+
+    ``judged`` maps a comparison name (e.g. ``"dpo_vs_sft"``) to (judged preferences folder, candidates
+    folder from ``sample_policies_stage``) to add judge win-rates to the report.
+    """
+    t0 = time.perf_counter()
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = read_policy_info(sft_dir)
+    base_model = base_model or info["base_model"]
+    rows = D.read_sft(sft_data_dir, config.split)
+    if config.max_examples:
+        rows = rows[: config.max_examples]
+    pairs = D.read_pairs(pairs_dir, config.split, required=False) if pairs_dir else None
+    if pairs and config.max_examples:
+        pairs = pairs[: config.max_examples]
+    general = None
+    if config.general_dir:
+        general = D.read_sft(config.general_dir, config.general_split)
+        if config.max_examples:
+            general = general[: config.max_examples]
+    tok = policy_tokenizer(sft_dir, info)
+
+    policies: dict[str, Path | None] = {}
+    if config.include_base:
+        policies["base"] = None
+    policies["sft"] = Path(sft_dir)
+    if dpo_dir:
+        policies[read_policy_info(dpo_dir).get("stage", "dpo")] = Path(dpo_dir)
+    scores: dict[str, dict] = {}
+    logps: dict[str, tuple[list[float], list[float]]] = {}
+    for name, d in policies.items():
+        model, _, _ = load_inference_policy(d, base_model=base_model if d is None else None,
+                                            quantized=config.quantized, dtype=config.dtype)
+        s = {"heldout": sft_loss(model, tok, rows, config.batch_size, config.max_length)}
+        if general:
+            s["general"] = sft_loss(model, tok, general, config.batch_size, config.max_length)
+        if pairs:
+            logps[name] = _pair_logps(model, tok, pairs, config)
+            c, r = logps[name]
+            s["logp_preference_accuracy"] = sum(x > y for x, y in zip(c, r)) / len(pairs)
+        scores[name] = s
+        _free(model)
+
+    # Implicit rewards of every trained policy against the SFT policy (the DPO reference).
+    prefs = {}
+    if pairs and "sft" in logps:
+        rc, rr = logps["sft"]
+        for name, (pc, pr) in logps.items():
+            if name in ("sft", "base"):
+                continue
+            m = [config.beta * ((a - b) - (c - d)) for a, b, c, d in zip(pc, pr, rc, rr)]
+            prefs[name] = {"pairs": len(m), "accuracy": sum(x > 0 for x in m) / len(m),
+                           "margin_mean": sum(m) / len(m), "margins": m}
+
+    wr = {k: win_rates(Path(j), Path(c)) for k, (j, c) in (judged or {}).items()}
+
+    metrics = {
+        "stage": "eval",
+        "heldout_examples": len(rows),
+        "heldout_pairs": len(pairs or []),
+        "general_examples": len(general or []),
+        "loss": {k: v["heldout"]["loss"] for k, v in scores.items()},
+        "perplexity": {k: v["heldout"]["perplexity"] for k, v in scores.items()},
+        "general_loss": {k: v["general"]["loss"] for k, v in scores.items() if "general" in v} or None,
+        "general_perplexity": {k: v["general"]["perplexity"] for k, v in scores.items() if "general" in v} or None,
+        "logp_preference_accuracy": {k: v.get("logp_preference_accuracy") for k, v in scores.items()} if pairs
+        else None,
+        "reward_accuracy": {k: v["accuracy"] for k, v in prefs.items()} or None,
+        "reward_margin": {k: v["margin_mean"] for k, v in prefs.items()} or None,
+        "win_rates": {k: v["win_rate"] for k, v in wr.items()} or None,
+        "win_rate_details": wr or None,
+        "time_s": None,
+    }
+    if general and "base" in scores:
+        # Forgetting: how much worse (ratio of perplexities) each trained policy is on general text than the base.
+        metrics["forgetting_ppl_ratio"] = {k: scores[k]["general"]["perplexity"] / scores["base"]["general"][
+            "perplexity"] for k in scores if k != "base"}
+    plots = _plots(out_dir, metrics, sft_dir, dpo_dir, prefs)
+    metrics["plots"] = plots
+    metrics["time_s"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    atomic_write_text(out_dir / "report.md", _report(metrics, info, sft_dir, dpo_dir))
+    return metrics
+
+
+def _history(d: Path | None) -> list[dict]:
+    if d is None or not (Path(d) / "log_history.json").exists():
+        return []
+    return json.loads((Path(d) / "log_history.json").read_text(encoding="utf-8"))
+
+
+def _plots(out_dir: Path, m: dict, sft_dir, dpo_dir, prefs) -> list[str]:
+    made = []
+    p = plot_curves(_history(sft_dir), {"train": "loss", "validation": "eval_loss"}, out_dir / "sft_loss.png",
+                    "SFT loss", "loss")
+    made += [p.name] if p else []
+    dh = _history(dpo_dir)
+    p = plot_curves(dh, {"train margin": "rewards/margins", "held-out margin": "eval_rewards/margins"},
+                    out_dir / "dpo_margins.png", "DPO reward margins", "chosen - rejected reward")
+    made += [p.name] if p else []
+    p = plot_bars(m["perplexity"], out_dir / "heldout_perplexity.png", "Held-out perplexity (lower is better)",
+                  "perplexity")
+    made += [p.name] if p else []
+    if m.get("general_perplexity"):
+        p = plot_bars(m["general_perplexity"], out_dir / "general_perplexity.png",
+                      "General-text perplexity (forgetting check)", "perplexity")
+        made += [p.name] if p else []
+    if m.get("win_rates"):
+        p = plot_bars(m["win_rates"], out_dir / "win_rates.png", "Judge win-rate", "win-rate")
+        made += [p.name] if p else []
+    if prefs:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for k, v in prefs.items():
+            ax.hist(v["margins"], bins=20, alpha=0.6, label=k)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("implicit reward margin vs SFT (held-out pairs)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "heldout_margins.png", dpi=100)
+        plt.close(fig)
+        made.append("heldout_margins.png")
+    return made
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _report(m: dict, info: dict, sft_dir, dpo_dir) -> str:
+    names = list(m["loss"])
+    lines = ["# Alignment evaluation", "",
+             f"Base model: `{info.get('base_model')}` · method: {info.get('method')} · SFT: `{sft_dir}`"
+             + (f" · preference-tuned: `{dpo_dir}`" if dpo_dir else ""), "",
+             f"Held-out examples: {m['heldout_examples']} · held-out pairs: {m['heldout_pairs']} · "
+             f"general examples: {m['general_examples']}", "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = [("held-out loss", m["loss"]), ("held-out perplexity", m["perplexity"])]
+    if m.get("general_perplexity"):
+        rows += [("general loss", m["general_loss"]), ("general perplexity", m["general_perplexity"])]
+    if m.get("logp_preference_accuracy"):
+        rows.append(("log-prob preference accuracy", m["logp_preference_accuracy"]))
+    if m.get("reward_accuracy"):
+        rows += [("reward accuracy vs SFT", m["reward_accuracy"]), ("reward margin vs SFT", m["reward_margin"])]
+    for label, d in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt((d or {}).get(n)) for n in names) + " |")
+    if m.get("forgetting_ppl_ratio"):
+        lines += ["", "Forgetting (general perplexity / base): " + ", ".join(
+            f"{k} {_fmt(v)}x" for k, v in m["forgetting_ppl_ratio"].items())]
+    if m.get("win_rate_details"):
+        lines += ["", "## Judge win-rates", "", "| comparison | judged | wins | ties | losses | win-rate |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in m["win_rate_details"].items():
+            lines.append(f"| {k} | {v['judged']} | {v['wins']} | {v['ties']} | {v['losses']} | {_fmt(v['win_rate'])} |")
+    lines += ["", "Reward accuracy/margin: DPO implicit reward beta·(Δ log π − Δ log π_SFT) on held-out pairs; "
+              "log-prob preference accuracy: the share of held-out pairs where the model gives the chosen answer "
+              "a higher total log-probability than the rejected one.", "", "## Plots", ""]
+    lines += [f"![{p}]({p})" for p in m.get("plots", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,58 @@
+"""Attention kept within each example for padding-free batches (several examples laid end to end in one row).
+
+Registered with transformers as ``orchard_packed``. When the forward carries the examples' lengths (the keyword
+``orchard_seq_lens`` set by :mod:`orchard.align.fast.unpad`, or the ``cu_seq_lens_q`` tensor of TRL's
+padding-free collator), each example attends only to itself: one causal SDPA call per example, so PyTorch picks
+its flash kernel (no mask tensor, no padding, no cross-example attention). Without lengths it is plain SDPA with
+whatever mask it was given, so the same model still evaluates and scores padded batches correctly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ATTN_NAME = "orchard_packed"
+SEQ_LENS_KEY = "orchard_seq_lens"
+
+
+def _segment_lengths(total: int, kwargs: dict) -> list[int] | None:
+    lens = kwargs.get(SEQ_LENS_KEY)
+    if lens is None:
+        cu = kwargs.get("cu_seq_lens_q")
+        if cu is None:
+            return None
+        lens = torch.diff(cu.to("cpu", torch.long)).tolist()  # TRL's collator builds it on CPU: no device sync
+    lens = [int(n) for n in lens if n > 0]
+    rest = total - sum(lens)
+    if rest < 0:
+        raise ValueError(f"packed lengths add up to {sum(lens)} but the row holds {total} tokens")
+    if rest:  # trailing padding (pad_to_multiple_of): its own segment, ignored by the loss anyway
+        lens.append(rest)
+    return lens
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """(batch, heads, tokens, head_dim) in, (batch, tokens, heads, head_dim) out, like transformers' SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    lens = _segment_lengths(query.shape[2], kwargs) if query.shape[0] == 1 else None
+    kwargs = {k: v for k, v in kwargs.items() if k not in (SEQ_LENS_KEY, "is_causal", "cu_seq_lens_q",
+                                                            "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    if lens is None or len(lens) == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    # split (not slicing) so that backward assembles the three input gradients with one concatenation each
+    outs = [
+        sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+        for q, k, v in zip(query.split(lens, dim=2), key.split(lens, dim=2), value.split(lens, dim=2))
+    ]
+    return torch.cat(outs, dim=1), None
+
+
+def register() -> str:
+    """Make ``orchard_packed`` known to transformers (idempotent). No mask function is registered on purpose:
+    the model then builds no mask at all for packed rows, and padded calls go through SDPA (see unpad)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, packed_attention)
+    return ATTN_NAME
