@@ -73,11 +73,17 @@ class NearDupIndex:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def check(self, text: str, mh: Optional[MinHash] = None) -> tuple[Optional[DupHit], float, MinHash]:
-        """(hit or None, highest ROUGE-L among LSH candidates, the text's MinHash for a following ``add``)."""
+    def check(self, text: str, mh: Optional[MinHash] = None,
+              exclude: frozenset | set = frozenset()) -> tuple[Optional[DupHit], float, MinHash]:
+        """(hit or None, highest ROUGE-L among LSH candidates, the text's MinHash for a following ``add``).
+
+        ``exclude``: pool keys not to compare with (an evolved prompt's own ancestors, which it extends on purpose).
+        """
         mh = mh or self._minhash(text)
         best, best_key = 0.0, None
         for key in self.lsh.query(mh):
+            if key in exclude:
+                continue
             self.rouge_calls += 1
             s = self.scorer.score(self.texts[key], text)["rougeL"].fmeasure
             if s > best:

@@ -14,7 +14,7 @@ import string
 from pathlib import Path
 from typing import Iterable
 
-from orchard.dataio import with_provenance
+from orchard.dataio import provenance, with_provenance
 from orchard.errors import InputError
 
 from .dedup import semantic_filter, words
@@ -145,7 +145,7 @@ def final_filters(rows: list[dict], cfg: FilterConfig, ledger: Ledger, step: str
     out = []
     for row in rows:
         prompt, resp = row_text(row)
-        measured = json.loads(row.get("provenance") or "{}").get("filters", {})
+        measured = dict(provenance(row).get("filters", {}))
         if decontam.active:
             hits = decontam.overlap(prompt + "\n" + resp)
             measured["decontam_overlap"] = hits

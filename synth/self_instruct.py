@@ -85,7 +85,7 @@ class SelfInstruct:
                     params={"temperature": si.temperature, "top_p": si.top_p, "max_tokens": si.max_tokens},
                     seed=request_seed(cfg.seed, 2, rnd, p), tag=f"self_instruct:r{rnd}:p{p}"))
                 contexts.append(ctx)
-            results = self.teacher.chat_many(reqs)
+            results = self.teacher.chat_many(reqs, progress=False)
             for p, (res, ctx) in enumerate(zip(results, contexts)):
                 if not res.ok:
                     ledger.count("generated")

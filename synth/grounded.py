@@ -1,0 +1,157 @@
+"""Grounded generation: question/answer pairs that can be answered from a document chunk or a table record.
+
+Documents (a folder of .txt/.md files, or one file) are cut into word windows with overlap so that a fact near a
+boundary appears whole in some chunk; each chunk is a lineage root (its hash is the rows' ``seed_id``) and
+provenance records the document and chunk. Table records come from a tabular records folder (the SDV stage's
+output) and are refused unless its manifest says the privacy gate passed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchard.dataio import content_hash, read_manifest, read_rows
+from orchard.errors import InputError
+
+from .dedup import NearDupIndex
+from .filters import response_reason
+from .ledger import Ledger
+from .methods_config import FilterConfig, SynthConfig
+from .parsing import parse_qa_pairs
+from .self_instruct import request_seed, user
+from .templates import load_template
+
+DOC_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+
+
+def chunk_words(text: str, size: int, overlap: int) -> list[tuple[int, str]]:
+    """(first word index, chunk text) windows of ``size`` words stepping by ``size - overlap``."""
+    w = text.split()
+    if not w:
+        return []
+    step = size - overlap
+    out = []
+    for start in range(0, len(w), step):
+        out.append((start, " ".join(w[start : start + size])))
+        if start + size >= len(w):
+            break
+    return out
+
+
+def load_documents(path: Path) -> list[tuple[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("documents path not found", path=path, field="grounded.documents")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in DOC_SUFFIXES)
+    if not files:
+        raise InputError(f"no {'/'.join(DOC_SUFFIXES)} files", path=path, field="grounded.documents")
+    docs = []
+    for f in files:
+        try:
+            docs.append((f.name if path.is_file() else f.relative_to(path).as_posix(), f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 text ({e.reason})", path=f) from None
+    return docs
+
+
+def check_table_folder(folder: Path) -> dict:
+    """The table folder's manifest, or InputError if it is missing or its privacy gate did not pass."""
+    folder = Path(folder)
+    if not (folder / "train.parquet").exists():
+        raise InputError("not a tabular records folder (no train.parquet)", path=folder, field="grounded.table")
+    man = read_manifest(folder)
+    if not man:
+        raise InputError("no manifest.json: cannot tell whether the privacy gate passed; refusing to use it",
+                         path=folder, field="grounded.table")
+    gate = man.get("gate")
+    if not isinstance(gate, dict) or gate.get("passed") is not True:
+        failed = [k for k, v in (gate or {}).get("checks", {}).items() if isinstance(v, dict) and v.get("passed") is False]
+        raise InputError(f"the table's privacy gate did not pass{' (failed: ' + ', '.join(failed) + ')' if failed else ''}"
+                         "; refusing to generate from it", path=folder, field="grounded.table")
+    return man
+
+
+def _qa_filter(q: str, a: str, cfg: FilterConfig) -> str | None:
+    n = len(q.split())
+    if n < cfg.min_instruction_words:
+        return "filter:too_short"
+    if n > cfg.max_instruction_words:
+        return "filter:too_long"
+    return response_reason(a, cfg)
+
+
+class Grounded:
+    def __init__(self, cfg: SynthConfig, teacher, ledger: Ledger, teacher_prov: dict):
+        self.cfg, self.teacher, self.ledger, self.teacher_prov = cfg, teacher, ledger, teacher_prov
+
+    def sources(self) -> list[dict]:
+        g = self.cfg.grounded
+        srcs = []
+        if g.documents is not None:
+            for name, text in load_documents(g.documents):
+                for i, (start, chunk) in enumerate(chunk_words(text, g.chunk_words, g.overlap_words)):
+                    srcs.append({"id": content_hash({"document": name, "chunk": chunk}), "kind": "doc", "text": chunk,
+                                 "prov": {"method": "grounded_doc", "document": name, "chunk_index": i,
+                                          "chunk_start_word": start}})
+            if g.max_chunks:
+                srcs = srcs[: g.max_chunks]
+        if g.table is not None:
+            man = check_table_folder(g.table)
+            rows = read_rows(g.table)[: g.max_rows or None]
+            name = Path(g.table).name
+            for i, r in enumerate(rows):
+                rec = "\n".join(f"{k}: {v}" for k, v in r.items() if k not in ("id", "seed_id", "provenance"))
+                srcs.append({"id": content_hash({"table": name, "record": rec}), "kind": "table", "text": rec,
+                             "prov": {"method": "grounded_table", "table": name, "row_index": i,
+                                      "table_gate": bool(man["gate"]["passed"])}})
+        return srcs
+
+    def run(self, _seeds: list[dict] | None = None) -> list[dict]:
+        from .teacher import ChatRequest
+
+        cfg, g, ledger = self.cfg, self.cfg.grounded, self.ledger
+        t_doc = load_template("grounded_doc", cfg.templates)
+        t_tab = load_template("grounded_table", cfg.templates)
+        srcs = self.sources()
+        reqs = []
+        for i, s in enumerate(srcs):
+            if s["kind"] == "doc":
+                text = t_doc.render(document=s["prov"]["document"], chunk=s["text"], count=g.questions_per_chunk)
+            else:
+                text = t_tab.render(table=s["prov"]["table"], record=s["text"], count=g.questions_per_chunk)
+            reqs.append(ChatRequest(messages=user(text), params={"temperature": g.temperature, "max_tokens": g.max_tokens},
+                                    seed=request_seed(cfg.seed, 20, i), tag=f"grounded:{s['id']}"))
+        index = NearDupIndex(cfg.filters.near_dup)
+        rows = []
+        for s, res in zip(srcs, self.teacher.chat_many(reqs) if reqs else []):
+            common = dict(seed_id=s["id"], parent_id=s["id"])
+            if not res.ok:
+                ledger.count("generated")
+                ledger.reject("", "teacher_error", "grounded", **common, detail={"error": res.error})
+                continue
+            pairs, bad = parse_qa_pairs(res.text)
+            for frag, reason in bad:
+                ledger.count("generated")
+                ledger.reject(frag, reason, "grounded", **common)
+            tpl = t_doc if s["kind"] == "doc" else t_tab
+            for q, a in pairs:
+                ledger.count("generated")
+                if len(rows) >= cfg.num:
+                    ledger.reject(q, "over_target", "grounded", **common)
+                    continue
+                reason = _qa_filter(q, a, cfg.filters)
+                hit = None
+                if reason is None and cfg.filters.near_dup.enabled:
+                    hit, _, mh = index.check(q)
+                    reason = "near_dup" if hit else None
+                if reason:
+                    ledger.reject(q, reason, "grounded", **common, detail={"dup_of": hit.dup_of} if hit else None)
+                    continue
+                index.add(content_hash(q), q)
+                msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                prov = {**s["prov"], "seed_id": s["id"], "parent_id": s["id"], "teacher": self.teacher_prov,
+                        **tpl.provenance(), "filters": {}}
+                rows.append({"id": content_hash({"messages": msgs}), "seed_id": s["id"], "messages": msgs,
+                             "provenance": prov})
+        ledger.count("instructions_kept", len(rows))
+        return rows
