@@ -175,6 +175,9 @@ class _LoopState:
         self.sem = asyncio.Semaphore(n)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self.inflight: dict[str, asyncio.Future] = {}
+        # Group commit: rows of calls finishing in the same loop turn share one SQLite transaction.
+        self.rows: list[dict] = []
+        self.commit: Optional[asyncio.Future] = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ class Teacher:
                 self._started += 1
                 res = await self._call(req, key, st)
             # Durable before anyone uses it: a kill after this line loses nothing paid for.
-            self._record(req, key, res)
+            await self._record(req, key, res, st)
             fut.set_result(res)
             return res
         except BaseException as e:
@@ -562,7 +565,26 @@ class Teacher:
     def _json(self, req: ChatRequest) -> bool:
         return self.config.response_format_json if req.json is None else bool(req.json)
 
-    def _record(self, req: ChatRequest, key: str, res: ChatResult) -> None:
+    async def _record(self, req: ChatRequest, key: str, res: ChatResult, st: _LoopState) -> None:
+        """Log the outcome and wait until it is committed (batched with others finishing now)."""
+        st.rows.append(self._row(req, key, res))
+        if st.commit is None:
+            st.commit = st.loop.create_future()
+            st.loop.call_soon(self._commit_rows, st)
+        await asyncio.shield(st.commit)
+
+    def _commit_rows(self, st: _LoopState) -> None:
+        rows, fut = st.rows, st.commit
+        st.rows, st.commit = [], None
+        try:
+            self.log.record_many(rows)
+        except BaseException as e:  # every waiter sees the failure; nothing is used uncommitted
+            fut.set_exception(e)
+            fut.exception()
+        else:
+            fut.set_result(None)
+
+    def _row(self, req: ChatRequest, key: str, res: ChatResult) -> dict:
         u = self._u
         u["prompt_tokens"] += res.usage["prompt_tokens"]
         u["completion_tokens"] += res.usage["completion_tokens"]
@@ -570,11 +592,11 @@ class Teacher:
         u["ok" if res.ok else "errors"] += 1
         request = {"model": self.model_id, "messages": req.messages, "params": self._params(req),
                    "seed": self._seed(req), "sample": req.sample, "json": self._json(req)}
-        self.log.record(
+        return dict(
             key=key, status="ok" if res.ok else "error", cached=0, model=res.model, endpoint=res.endpoint,
             tag=req.tag, request_json=request, response_text=res.text, finish_reason=res.finish_reason,
             prompt_tokens=res.usage["prompt_tokens"], completion_tokens=res.usage["completion_tokens"],
-            cost_usd=res.cost_usd, latency_s=res.latency_s, attempts=res.attempts, error=res.error,
+            cost_usd=res.cost_usd, latency_s=res.latency_s, attempts=res.attempts, error=res.error, ts=time.time(),
         )
 
     def _from_cache(self, row: dict, req: ChatRequest, key: str) -> ChatResult:
