@@ -1,0 +1,94 @@
+"""Fit a synthesizer on the training rows only and sample synthetic rows (SDV 2 API, or smartnoise for DP)."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from orchard.errors import InputError
+
+from .config import TabularConfig
+from .metadata import TABLE, TablePlan
+
+SDV_CLASSES = {
+    "gaussian_copula": "GaussianCopulaSynthesizer",
+    "ctgan": "CTGANSynthesizer",
+    "tvae": "TVAESynthesizer",
+    "copulagan": "CopulaGANSynthesizer",
+}
+
+DP_UNAVAILABLE = (
+    "differential privacy needs smartnoise-synth (MST), which is not installed in this environment: it pulls "
+    "jax/jaxlib, opacus 0.14 and SQLAlchemy, and left alone pip upgrades numpy to 2.x, which breaks anonymeter "
+    "(numpy<1.27) and numba. To use it: `pip install -c constraints-cpu.txt 'numpy==1.26.4' smartnoise-synth`. "
+    "SDV itself has no differential privacy (SDV issue #779)."
+)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # torch is only needed by the GAN/VAE synthesizers
+        pass
+
+
+def build_synthesizer(plan: TablePlan, config: TabularConfig):
+    import sdv.single_table
+
+    cls = getattr(sdv.single_table, SDV_CLASSES[config.synthesizer])
+    kwargs = {}
+    if config.synthesizer != "gaussian_copula":
+        kwargs["enable_gpu"] = False  # CPU-only environment; also keeps runs reproducible
+        if config.epochs is not None:
+            kwargs["epochs"] = config.epochs
+        if config.batch_size is not None:
+            kwargs["batch_size"] = config.batch_size
+    synth = cls(plan.metadata, **kwargs)
+    if plan.constraints:
+        synth.add_constraints(plan.constraints)
+    return synth
+
+
+def fit_sample(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: TabularConfig) -> pd.DataFrame:
+    """Fit on ``train`` (never the holdout) and return ``n_rows`` synthetic rows with ``train``'s columns."""
+    _seed_everything(config.seed)
+    if config.dp_epsilon is not None:
+        return _fit_sample_dp(plan, train, n_rows, config)
+    synth = build_synthesizer(plan, config)
+    with warnings.catch_warnings():
+        # SDV's advice to save metadata and to buy range extrapolation is noise in a stage's log.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"sdv\.")
+        # SDV 2 fits on a dict of tables and samples a dict back.
+        synth.fit({TABLE: train})
+        out = synth.sample(num_rows=n_rows)
+    if isinstance(out, dict):
+        out = out[TABLE]
+    return out[list(train.columns)].reset_index(drop=True)
+
+
+def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: TabularConfig) -> pd.DataFrame:
+    try:
+        from snsynth import Synthesizer
+    except ImportError:
+        raise InputError(DP_UNAVAILABLE, field="dp_epsilon") from None
+    eps = float(config.dp_epsilon)
+    cols = plan.eval_columns()
+    others = [c for c in train.columns if c not in cols]
+    if others:
+        raise InputError(
+            f"the DP synthesizer models only statistical columns; drop or fake these first: {others}", field="dp_epsilon"
+        )
+    cats = [c for c, t in cols.items() if t in ("categorical", "boolean")]
+    conts = [c for c in cols if c not in cats]
+    # MST is a marginal-based DP synthesizer; continuous columns are binned with part of the budget.
+    synth = Synthesizer.create("mst", epsilon=eps)
+    synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=eps * 0.1 if conts else 0.0)
+    out = synth.sample(n_rows)
+    return pd.DataFrame(out)[list(train.columns)].reset_index(drop=True)
