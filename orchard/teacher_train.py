@@ -91,6 +91,11 @@ def train_tiny_teacher(
     config = llama_config(tokenizer, max_position=max_position, **TEACHER_SHAPE)
     model = init_model(config, seed=seed)
     model.generation_config.max_new_tokens = 256
+    # `transformers serve` only samples when the model's generation config says so; a request's
+    # temperature=0 still switches to greedy decoding.
+    model.generation_config.do_sample = True
+    model.generation_config.temperature = 1.0
+    model.generation_config.top_p = 1.0
 
     ids, mask = _token_stream(tokenizer, convs, assistant_only)
     # A stream shorter than one window would leave nothing to sample: repeat it (tiny test inputs).
