@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -58,57 +59,90 @@ def _teacher(base_url: str, db: Path, conc: int, **kw) -> Teacher:
     return Teacher(cfg, db)
 
 
-def _row(name: str, n: int, ok: int, secs: float, http: int, note: str = "") -> dict:
-    return {"case": name, "items": n, "ok": ok, "seconds": round(secs, 3), "items_per_s": round(n / secs, 1),
-            "http_requests": http, "note": note}
+def _cpu_self() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _cpu_pids(pids: list[int]) -> float:
+    """CPU seconds used so far by the server processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+class _Case:
+    """Measure one case: wall time, this process's CPU (the client) and the server's CPU."""
+
+    def __init__(self, srv):
+        self.srv = srv
+
+    def __enter__(self):
+        self.s0, self.c0, self.k0 = remote_stats(self.srv.base_url)["requests"], _cpu_self(), _cpu_pids(self.srv.pids)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.secs = time.perf_counter() - self.t0
+        self.client_cpu, self.server_cpu = _cpu_self() - self.c0, _cpu_pids(self.srv.pids) - self.k0
+        self.http = remote_stats(self.srv.base_url)["requests"] - self.s0
+
+    def row(self, name: str, n: int, ok: int, note: str = "") -> dict:
+        return {"case": name, "items": n, "ok": ok, "seconds": round(self.secs, 3),
+                "items_per_s": round(n / self.secs, 1), "http_requests": self.http,
+                "client_cpu_ms_per_item": round(1000 * self.client_cpu / n, 3),
+                "client_cpu_util": round(self.client_cpu / self.secs, 2),
+                "server_cpu_util": round(self.server_cpu / self.secs, 2), "note": note}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="requests per case")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--server-workers", type=int, default=1, help="fake-server processes sharing the port")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "synth_throughput.json")
     a = ap.parse_args(argv)
     n, conc = a.n, a.concurrency
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="orchard-bench-"))
 
-    with fake_teacher_process(latency_s=0.0) as url:
+    with fake_teacher_process(latency_s=0.0, workers=a.server_workers) as srv:
+        url = srv.base_url
         asyncio.run(_bare_sdk(url, 50, conc, "warmup"))  # the server's first connections, imports
 
-        def served():
-            return remote_stats(url)["requests"]
-
-        s0 = served(); t0 = time.perf_counter()
-        ok = asyncio.run(_bare_sdk(url, n, conc, "bare"))
-        rows.append(_row("baseline: bare openai SDK (no log)", n, ok, time.perf_counter() - t0, served() - s0))
+        with _Case(srv) as c:
+            ok = asyncio.run(_bare_sdk(url, n, conc, "bare"))
+        rows.append(c.row("baseline: bare openai SDK (no log)", n, ok))
 
         db = tmp / "calls.sqlite"
         reqs = [ChatRequest(_messages(i, "orchard"), tag=str(i)) for i in range(n)]
-        t = _teacher(url, db, conc)
-        s0 = served(); t0 = time.perf_counter()
-        res = t.chat_many(reqs, progress=False)
-        rows.append(_row("orchard Teacher: cold (SQLite log, commit per call)", n, sum(r.ok for r in res),
-                         time.perf_counter() - t0, served() - s0))
+        with _Case(srv) as c:
+            res = _teacher(url, db, conc).chat_many(reqs, progress=False)
+        rows.append(c.row("orchard Teacher: cold (SQLite log + cache)", n, sum(r.ok for r in res)))
 
-        t = _teacher(url, db, conc)
-        s0 = served(); t0 = time.perf_counter()
-        res = t.chat_many(reqs, progress=False)
-        rows.append(_row("orchard Teacher: re-run (all cache hits)", n, sum(r.ok for r in res),
-                         time.perf_counter() - t0, served() - s0, "zero HTTP calls expected"))
+        with _Case(srv) as c:
+            res = _teacher(url, db, conc).chat_many(reqs, progress=False)
+        rows.append(c.row("orchard Teacher: re-run (all cache hits)", n, sum(r.ok for r in res),
+                          "zero HTTP calls expected"))
 
-        t = _teacher(url, tmp / "json.sqlite", conc, response_format_json=True)
-        s0 = served(); t0 = time.perf_counter()
-        res = t.chat_many([ChatRequest(_messages(i, "json")) for i in range(n)], progress=False)
-        rows.append(_row("orchard Teacher: cold, JSON mode (parsed)", n, sum(r.ok for r in res),
-                         time.perf_counter() - t0, served() - s0))
+        with _Case(srv) as c:
+            t = _teacher(url, tmp / "json.sqlite", conc, response_format_json=True)
+            res = t.chat_many([ChatRequest(_messages(i, "json")) for i in range(n)], progress=False)
+        rows.append(c.row("orchard Teacher: cold, JSON mode (parsed)", n, sum(r.ok for r in res)))
 
-    with fake_teacher_process(latency_s=0.0, probs={"500": 0.05, "429": 0.02, "drop": 0.02}, retry_after=0.01) as url:
-        t = _teacher(url, tmp / "faults.sqlite", conc, max_retries=10)
-        t0 = time.perf_counter()
-        res = t.chat_many([ChatRequest(_messages(i, "faults")) for i in range(n)], progress=False)
-        rows.append(_row("orchard Teacher: cold, 9% faults (500/429/drop)", n, sum(r.ok for r in res),
-                         time.perf_counter() - t0, remote_stats(url)["requests"], "retries included"))
+    with fake_teacher_process(latency_s=0.0, probs={"500": 0.05, "429": 0.02, "drop": 0.02}, retry_after=0.01,
+                              workers=a.server_workers) as srv:
+        with _Case(srv) as c:
+            t = _teacher(srv.base_url, tmp / "faults.sqlite", conc, max_retries=10)
+            res = t.chat_many([ChatRequest(_messages(i, "faults")) for i in range(n)], progress=False)
+        rows.append(c.row("orchard Teacher: cold, 9% faults (500/429/drop)", n, sum(r.ok for r in res),
+                          "retries included"))
 
     base = rows[0]["items_per_s"]
     for r in rows:
@@ -118,14 +152,17 @@ def main(argv=None) -> dict:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "openai": openai.__version__,
                     "loadavg": os.getloadavg()},
-        "params": {"n": n, "concurrency": conc, "server": "tests/fake_teacher.py, zero latency, own process"},
+        "params": {"n": n, "concurrency": conc, "server": f"tests/fake_teacher.py, zero latency, {a.server_workers} process(es)"},
         "rows": rows,
     }
     w = max(len(r["case"]) for r in rows)
-    print(f"{'case':<{w}}  {'items/s':>8}  {'x base':>6}  {'ok':>5}  {'http':>5}  {'s':>6}")
+    print(f"{'case':<{w}}  {'items/s':>8}  {'x base':>6}  {'ok':>5}  {'http':>5}  {'s':>6}  "
+          f"{'cli ms/it':>9}  {'cli cpu':>7}  {'srv cpu':>7}")
     for r in rows:
         print(f"{r['case']:<{w}}  {r['items_per_s']:>8.1f}  {r['vs_baseline']:>6.2f}  {r['ok']:>5}  "
-              f"{r['http_requests']:>5}  {r['seconds']:>6.2f}")
+              f"{r['http_requests']:>5}  {r['seconds']:>6.2f}  {r['client_cpu_ms_per_item']:>9.3f}  "
+              f"{r['client_cpu_util']:>7.2f}  {r['server_cpu_util']:>7.2f}")
+    print("cli ms/it: client CPU per item; cpu columns: cores busy on average (1.00 = one core)")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

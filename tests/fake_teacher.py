@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Callable, Iterator, Optional
 
 FAULTS = (
@@ -102,6 +104,8 @@ class FakeTeacher:
         self._stopping = threading.Event()
         self.reset_stats()
         self._server: Optional[ThreadingHTTPServer] = None
+        self.shared = None  # multiprocessing.Array('q', 2) [requests, ok] when run as several processes
+        self.reuse_port = False
 
     # -- stats -------------------------------------------------------------------------------------
     def reset_stats(self) -> None:
@@ -117,6 +121,9 @@ class FakeTeacher:
             self.seeds_seen: collections.Counter = collections.Counter()
 
     def stats(self) -> dict:
+        if self.shared is not None:  # one of several worker processes: totals over all of them
+            with self.shared.get_lock():
+                return {"requests": self.shared[0], "ok": self.shared[1]}
         with self._lock:
             return {
                 "requests": self.requests, "ok": self.ok, "max_inflight": self.max_inflight,
@@ -135,7 +142,8 @@ class FakeTeacher:
 
     def start(self) -> "FakeTeacher":
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = _Server(("127.0.0.1", self._port), handler)
+        server_cls = type("Server", (_Server,), {"allow_reuse_port": self.reuse_port})
+        self._server = server_cls(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -160,6 +168,9 @@ class FakeTeacher:
         prompt = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         with self._lock:
             self.requests += 1
+            if self.shared is not None:
+                with self.shared.get_lock():
+                    self.shared[0] += 1
             self.requests_by_prompt[prompt] += 1
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
@@ -231,6 +242,9 @@ class FakeTeacher:
         if fault == "ok" and sent:
             with self._lock:
                 self.ok += 1
+                if self.shared is not None:
+                    with self.shared.get_lock():
+                        self.shared[1] += 1
                 self.ok_by_prompt[prompt] += 1
 
 
@@ -286,15 +300,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --------------------------------------------------------------------------------------------------
-# Out-of-process use (benchmarks: the server then has its own interpreter and GIL)
+# Out-of-process use (benchmarks: the server then has its own interpreters and GILs)
 
 
 @contextlib.contextmanager
 def fake_teacher_process(latency_s: float = 0.0, probs: Optional[dict] = None, seed: int = 0,
-                         retry_after: float = 1.0) -> Iterator[str]:
-    """Run a FakeTeacher in a child process; yields its base_url. Stats: ``remote_stats(base_url)``."""
+                         retry_after: float = 1.0, workers: int = 1) -> Iterator[SimpleNamespace]:
+    """Run a FakeTeacher in child process(es) sharing one port (SO_REUSEPORT when ``workers`` > 1).
+
+    Yields ``.base_url`` and ``.pids`` (for CPU accounting). Totals: ``remote_stats(base_url)``.
+    """
     cmd = [sys.executable, __file__, "--port", "0", "--latency", str(latency_s), "--seed", str(seed),
-           "--retry-after", str(retry_after)]
+           "--retry-after", str(retry_after), "--workers", str(workers)]
     if probs:
         cmd += ["--faults", json.dumps(probs)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -302,7 +319,19 @@ def fake_teacher_process(latency_s: float = 0.0, probs: Optional[dict] = None, s
         line = p.stdout.readline()
         if not line.startswith("PORT "):
             raise RuntimeError(f"fake teacher did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+        parts = line.split()
+        pids = [int(x) for x in parts[3].split(",")] if len(parts) > 3 else [p.pid]
+        url = f"http://127.0.0.1:{int(parts[1])}/v1"
+        deadline = time.time() + 10
+        while True:  # every worker listening before the clock starts
+            try:
+                remote_stats(url)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield SimpleNamespace(base_url=url, pids=pids)
     finally:
         p.terminate()
         p.wait(10)
@@ -313,6 +342,21 @@ def remote_stats(base_url: str) -> dict:
         return json.loads(r.read())
 
 
+def _serve(port: int, a, shared, reuse: bool, ready) -> None:
+    plan = FaultPlan(json.loads(a.faults), seed=a.seed, retry_after=a.retry_after) if a.faults else None
+    srv = FakeTeacher(faults=plan, latency_s=a.latency, port=port)
+    srv.shared, srv.reuse_port = shared, reuse
+    srv.start()
+    if ready is not None:
+        ready.put(srv.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        srv.stop()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Run the fault-injecting fake OpenAI-compatible server.")
     ap.add_argument("--port", type=int, default=0)
@@ -320,17 +364,32 @@ def main(argv=None) -> None:
     ap.add_argument("--faults", default=None, help='JSON {"500": 0.05, "429": 0.02}')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-after", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     a = ap.parse_args(argv)
-    plan = FaultPlan(json.loads(a.faults), seed=a.seed, retry_after=a.retry_after) if a.faults else None
-    srv = FakeTeacher(faults=plan, latency_s=a.latency, port=a.port).start()
-    print(f"PORT {srv.port}", flush=True)
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    shared = ctx.Array("q", 2) if a.workers > 1 else None
+    ready = ctx.Queue()
+    first = ctx.Process(target=_serve, args=(a.port, a, shared, a.workers > 1, ready), daemon=True)
+    first.start()
+    port = ready.get(timeout=30)
+    procs = [first] + [ctx.Process(target=_serve, args=(port, a, shared, True, None), daemon=True)
+                       for _ in range(a.workers - 1)]
+    for pr in procs[1:]:
+        pr.start()
+    print(f"PORT {port} PIDS {','.join(str(pr.pid) for pr in procs)}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        srv.stop()
+        for pr in procs:
+            pr.terminate()
+        for pr in procs:
+            pr.join(5)
 
 
 if __name__ == "__main__":
