@@ -22,7 +22,7 @@ from .callbacks import StopOnNaN
 from .config import DPOConfig
 from .modeling import adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info, write_policy_info
 from .plots import plot_curves
-from .trainutil import last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
 def _pairs_ds(rows: list[dict]) -> datasets.Dataset:
@@ -42,13 +42,13 @@ def _trainer(config: DPOConfig, kw: dict, model, tok, train_ds, eval_ds, callbac
         args = TRLDPOConfig(**kw, beta=config.beta, loss_type=config.loss_type, loss_weights=config.loss_weights,
                             label_smoothing=config.label_smoothing, max_length=config.max_length,
                             precompute_ref_log_probs=config.precompute_ref_log_probs)
-        return DPOTrainer(args=args, **common)
+        return keep_dtype_on_resume(DPOTrainer)(args=args, **common)
     if config.algorithm == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         args = ORPOConfig(**kw, beta=config.beta, max_length=config.max_length,
                           max_completion_length=config.max_completion_length)
-        return ORPOTrainer(args=args, **common)
+        return keep_dtype_on_resume(ORPOTrainer)(args=args, **common)
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     extra = {"loss_type": "simpo", "cpo_alpha": 0.0} if config.algorithm == "simpo" else {
@@ -56,7 +56,7 @@ def _trainer(config: DPOConfig, kw: dict, model, tok, train_ds, eval_ds, callbac
     args = CPOConfig(**kw, beta=config.beta, max_length=config.max_length, simpo_gamma=config.simpo_gamma,
                      max_completion_length=config.max_completion_length, label_smoothing=config.label_smoothing,
                      **extra)
-    return CPOTrainer(args=args, **common)
+    return keep_dtype_on_resume(CPOTrainer)(args=args, **common)
 
 
 def _pick(metrics: dict, suffix: str):
@@ -124,6 +124,8 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     trainer.model.train()
 
     trainer.save_model(str(out_dir / "adapter"))
+    # Outputs are safetensors only: drop the pickled TrainingArguments the trainer writes alongside.
+    (out_dir / "adapter" / "training_args.bin").unlink(missing_ok=True)
     # The frozen reference adapter is a training detail; the output is the trained policy only.
     shutil.rmtree(out_dir / "adapter" / "ref", ignore_errors=True)
     tok.save_pretrained(str(out_dir / "tokenizer"))

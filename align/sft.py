@@ -21,7 +21,7 @@ from .config import SFTConfig
 from .modeling import device, load_base, load_tokenizer, lora_config, write_policy_info
 from .plots import plot_curves
 from .score import sft_loss
-from .trainutil import align_save_to_eval, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import align_save_to_eval, keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
 def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, callbacks: list | None = None) -> dict:
@@ -73,7 +73,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     if early:
         cbs.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     cbs += list(callbacks or [])
-    trainer = SFTTrainer(
+    trainer = keep_dtype_on_resume(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=to_ds(train_rows),
@@ -90,6 +90,8 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     # Outputs: the (best) adapter or full model, the tokenizer with its chat template, and a policy card.
     sub = "model" if config.method == "full" else "adapter"
     trainer.save_model(str(out_dir / sub))
+    # Outputs are safetensors only: drop the pickled TrainingArguments the trainer writes alongside.
+    (out_dir / sub / "training_args.bin").unlink(missing_ok=True)
     tok.save_pretrained(str(out_dir / "tokenizer"))
     write_policy_info(out_dir, {
         "base_model": config.base_model,

@@ -1,0 +1,10 @@
+"""orchard's GPU training fast path for QLoRA SFT and DPO (TRL trainers), with automatic fallback.
+
+Usage inside a stage: ``plan = decide(config.fast_path)``; ``kw = trainer_kwargs(kw, plan)`` before building the
+TRL config; ``apply(trainer, plan)`` once the trainer exists. Same math as the plain path (tests/test_fast_path.py
+checks loss and gradients); measured in benchmarks/train_speed.py, results in benchmarks/README.md.
+"""
+
+from .plan import FastPlan, apply, decide, trainer_kwargs
+
+__all__ = ["FastPlan", "apply", "decide", "trainer_kwargs"]

@@ -1,0 +1,76 @@
+"""Deciding and applying the fast path: what the hardware supports, and the switches it turns on.
+
+``decide("auto")`` turns the fast path on for CUDA GPUs of compute capability 8.0 or newer (bf16 and SDPA's flash
+kernel) and off elsewhere, with the reason; ``"on"`` forces the hardware-independent part (padding-free forward),
+which is what the CPU tests exercise; ``"off"`` is the plain TRL path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class FastPlan:
+    enabled: bool
+    reason: str
+    unpad: bool = False  # padding-free forward with attention kept within each example
+    liger: bool = False  # Liger kernels (RMSNorm, RoPE, SwiGLU; fused linear cross-entropy for SFT)
+    keep_layers: int = 0  # decoder layers left out of activation checkpointing
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _liger_ok() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
+
+
+def decide(mode: str = "auto", keep_layers: int = 0) -> FastPlan:
+    """The plan for this machine. ``mode``: "auto" | "on" | "off"."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"fast_path must be auto, on or off, not {mode!r}")
+    if mode == "off":
+        return FastPlan(False, "fast_path: off")
+    gpu = torch.cuda.is_available()
+    cc = torch.cuda.get_device_capability() if gpu else None
+    modern = bool(cc and cc >= (8, 0))
+    if mode == "auto" and not modern:
+        why = "no CUDA GPU" if not gpu else f"GPU compute capability {cc[0]}.{cc[1]} < 8.0"
+        return FastPlan(False, f"{why}: plain TRL path")
+    plan = FastPlan(True, "fast_path: on" if mode == "on" else f"CUDA GPU, compute capability {cc[0]}.{cc[1]}",
+                    unpad=True, keep_layers=keep_layers if gpu else 0)
+    plan.liger = gpu and _liger_ok()
+    if gpu and not plan.liger:
+        plan.notes.append("liger-kernel not installed: install orchard[gpu] for its fused kernels")
+    return plan
+
+
+def trainer_kwargs(kw: dict, plan: FastPlan) -> dict:
+    """Adjust TRL config keyword arguments before the trainer is built (returns a new dict)."""
+    kw = dict(kw)
+    if plan.enabled and plan.liger:
+        kw["use_liger_kernel"] = True
+    return kw
+
+
+def apply(trainer, plan: FastPlan) -> dict:
+    """Patch a built TRL trainer's model in place; returns what was applied (for metrics/manifests)."""
+    from . import unpad
+    from .checkpointing import PartialCheckpointing
+
+    done = {"fast_path": plan.enabled, "reason": plan.reason}
+    if not plan.enabled:
+        return done
+    if plan.unpad:
+        unpad.enable(trainer.model)
+        done["padding_free"] = True
+    if plan.keep_layers:
+        trainer.add_callback(PartialCheckpointing(plan.keep_layers))
+        done["layers_not_checkpointed"] = plan.keep_layers
+    done["liger"] = bool(trainer.args.use_liger_kernel)
+    return done

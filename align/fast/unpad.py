@@ -1,0 +1,95 @@
+"""Padding-free forward for padded batches: the decoder sees only real tokens, one row, examples end to end.
+
+``enable(model)`` patches the decoder backbone (e.g. ``LlamaModel``) of a causal LM, PEFT-wrapped or not. A call
+with a 2-D ``attention_mask`` and no KV cache (every training, scoring and evaluation forward that TRL makes) is
+unpadded: the real tokens are gathered into one row, each example keeps its own positions and attends only to
+itself (:mod:`orchard.align.fast.attention`), and the hidden states are scattered back to the padded layout, so
+the LM head, the losses and TRL's fused log-prob head see exactly the shapes they expect. The math is the plain
+path's: padding only ever produced hidden states that every loss masks out. Other calls (generation with a
+cache) run unchanged through SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .attention import ATTN_NAME, SEQ_LENS_KEY, register
+
+
+def backbone(model):
+    """The decoder stack (the module holding ``layers``) under a causal LM, a PEFT model or a wrapper."""
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(m, getattr(m, "base_model_prefix", "model"), None)
+    if inner is None or not hasattr(inner, "layers"):
+        raise TypeError(f"no decoder backbone found under {type(m).__name__}")
+    return inner
+
+
+def _set_attn(config, name: str) -> None:
+    config._attn_implementation = name
+
+
+def enable(model) -> bool:
+    """Patch ``model``'s backbone in place (idempotent). Returns False when already patched."""
+    inner = backbone(model)
+    if getattr(inner.forward, "_orchard_unpad", False):
+        return False
+    register()
+    inner.config._attn_implementation_before_orchard = inner.config._attn_implementation
+    _set_attn(inner.config, ATTN_NAME)
+    orig = inner.forward
+
+    @functools.wraps(orig)
+    def forward(input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+                use_cache=None, **kwargs):
+        eligible = (
+            attention_mask is not None
+            and attention_mask.dim() == 2
+            and past_key_values is None
+            and not use_cache
+            and (input_ids is None) != (inputs_embeds is None)
+        )
+        if not eligible:
+            # generation and anything unusual: plain SDPA with its own masks
+            prev = inner.config._attn_implementation
+            _set_attn(inner.config, "sdpa")
+            try:
+                return orig(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                            **kwargs)
+            finally:
+                _set_attn(inner.config, prev)
+        b, t = attention_mask.shape
+        mask = attention_mask.bool()
+        keep = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync of the step's forward
+        lens = tuple(int(n) for n in mask.sum(1).tolist() if n > 0)
+        pos = (mask.cumsum(1) - 1) if position_ids is None else position_ids.expand(b, -1)
+        pos = pos.reshape(-1).index_select(0, keep).unsqueeze(0)
+        if input_ids is not None:
+            packed = dict(input_ids=input_ids.reshape(-1).index_select(0, keep).unsqueeze(0))
+        else:
+            packed = dict(inputs_embeds=inputs_embeds.reshape(b * t, -1).index_select(0, keep).unsqueeze(0))
+        kwargs[SEQ_LENS_KEY] = lens
+        out = orig(attention_mask=None, position_ids=pos, use_cache=False, **packed, **kwargs)
+        h = out.last_hidden_state[0]
+        out.last_hidden_state = h.new_zeros(b * t, h.shape[-1]).index_copy(0, keep, h).view(b, t, -1)
+        return out
+
+    forward._orchard_unpad = True
+    forward._orchard_orig = (orig, inner.config._attn_implementation_before_orchard)
+    inner.forward = forward
+    return True
+
+
+def disable(model) -> bool:
+    """Undo :func:`enable` (benchmarks reuse one loaded model for several paths)."""
+    inner = backbone(model)
+    fwd = inner.forward
+    if not getattr(fwd, "_orchard_unpad", False):
+        return False
+    orig, attn = fwd._orchard_orig
+    inner.forward = orig
+    _set_attn(inner.config, attn)
+    return True
