@@ -156,6 +156,8 @@ class _Endpoint:
     def __init__(self, idx: int, cfg: EndpointConfig):
         self.idx, self.cfg, self.host = idx, cfg, cfg.host
         self.supports_json: Optional[bool] = None  # learnt: None until tried
+        # Newer OpenAI models reject `max_tokens` and want `max_completion_tokens`: learnt on the first 400.
+        self.max_tokens_param = "max_tokens"
         self.dead: Optional[str] = None  # why it was taken out for good (401/403/404)
         self.streak = 0
         self.down_until = 0.0
@@ -379,6 +381,8 @@ class Teacher:
         self._u["http_requests"] += 1
         want_json = self._json(req)
         kwargs = {"model": ep.cfg.model, "messages": req.messages, **self._params(req)}
+        if ep.max_tokens_param != "max_tokens" and "max_tokens" in kwargs:
+            kwargs[ep.max_tokens_param] = kwargs.pop("max_tokens")
         seed = self._seed(req)
         if seed is not None:
             kwargs["seed"] = seed
@@ -408,7 +412,14 @@ class Teacher:
         text = msg.get("content") if isinstance(msg, dict) else None
         finish = choices[0].get("finish_reason")
         self._count_usage(acc, usage, req.messages, text)
+        refusal = msg.get("refusal") if isinstance(msg, dict) else None
+        if refusal or finish == "content_filter":
+            # A refusal is an answer, and asking again would pay again for the same one.
+            raise _RequestFailed(f"teacher refused ({finish}): {str(refusal or '')[:200]}")
         if not isinstance(text, str) or not text.strip():
+            if finish == "length":
+                # All tokens went elsewhere (e.g. hidden reasoning): the same request would end the same way.
+                raise _RequestFailed("empty completion with finish_reason=length: raise max_tokens")
             raise self._fail(ep, f"empty completion (finish_reason={finish}) ({ep.host})")
         if use_rf and ep.supports_json is None:
             ep.supports_json = True
@@ -461,6 +472,10 @@ class Teacher:
             ep.supports_json = False
             log.info("%s rejects response_format=json_object; asking for JSON in the prompt only", ep.host)
             return _Retryable("endpoint rejected response_format", immediate=True)
+        if code == 400 and ep.max_tokens_param == "max_tokens" and "max_completion_tokens" in detail:
+            ep.max_tokens_param = "max_completion_tokens"
+            log.info("%s wants max_completion_tokens instead of max_tokens; switching", ep.host)
+            return _Retryable("endpoint wants max_completion_tokens", immediate=True)
         if code in (401, 403, 404):
             what = {401: "rejected the API key", 403: "refused access", 404: "does not know this URL or model"}[code]
             ep.dead = (

@@ -32,7 +32,7 @@ from typing import Callable, Iterator, Optional
 
 FAULTS = (
     "ok", "500", "503", "429", "429date", "timeout", "malformed", "truncated", "empty_choices",
-    "empty_content", "drop", "400", "401", "404",
+    "empty_content", "empty_length", "refusal", "drop", "400", "401", "404",
 )
 
 
@@ -95,10 +95,11 @@ class FakeTeacher:
     def __init__(self, responder: Callable[[list[dict], dict], str] = default_responder,
                  faults: Optional[FaultPlan] = None, always: Optional[str] = None, latency_s: float = 0.0,
                  supports_json_format: bool = True, model: str = "fake-teacher", echo_key: bool = False,
-                 send_usage: bool = True, port: int = 0):
+                 send_usage: bool = True, wants_max_completion_tokens: bool = False, port: int = 0):
         self.responder, self.faults, self.always = responder, faults, always
         self.latency_s, self.supports_json_format, self.model = latency_s, supports_json_format, model
         self.echo_key, self.send_usage = echo_key, send_usage
+        self.wants_max_completion_tokens = wants_max_completion_tokens
         self._port = port
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -180,6 +181,8 @@ class FakeTeacher:
             fault = self.always or (self.faults.next(prompt) if self.faults else "ok")
             if fault == "ok" and body.get("response_format") and not self.supports_json_format:
                 fault = "reject_json"
+            if fault == "ok" and "max_tokens" in body and self.wants_max_completion_tokens:
+                fault = "reject_max_tokens"
             with self._lock:
                 self.faults_seen[fault] += 1
             if self.latency_s:
@@ -216,6 +219,9 @@ class FakeTeacher:
             return h.send_json(404, {"error": {"message": f"model {body.get('model')} not found"}})
         if fault == "400":
             return h.send_json(400, {"error": {"message": "context length exceeded", "type": "invalid_request"}})
+        if fault == "reject_max_tokens":
+            return h.send_json(400, {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported "
+                                              "with this model. Use 'max_completion_tokens' instead."}})
         if fault == "reject_json":
             return h.send_json(400, {"error": {"message": "response_format is not supported by this model"}})
 
@@ -229,6 +235,12 @@ class FakeTeacher:
             choices = []
         elif fault == "empty_content":
             choices[0]["message"]["content"] = ""
+        elif fault == "empty_length":
+            choices[0]["message"]["content"] = ""
+            choices[0]["finish_reason"] = "length"
+        elif fault == "refusal":
+            choices[0]["message"]["content"] = None
+            choices[0]["message"]["refusal"] = "I can't help with that."
         n_prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
         n_out = len(text.split())
         payload = {

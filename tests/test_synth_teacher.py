@@ -394,3 +394,18 @@ def test_missing_usage_is_estimated_so_token_budgets_still_hold():
             t.chat_many(reqs(100), progress=False)
         u = t.usage_summary()
         assert u["usage_estimated"] == u["calls"] and 3 <= u["calls"] < 20
+
+
+def test_refusals_and_empty_length_are_clear_errors_not_paid_again():
+    with FakeTeacher(faults=FaultPlan(sequence=["refusal", "empty_length"])) as srv:
+        res = Teacher(cfg(srv.base_url, max_concurrency=1), None).chat_many(reqs(3), progress=False)
+        assert srv.stats()["requests"] == 3  # neither was retried
+    assert "teacher refused" in res[0].error and "can't help" in res[0].error
+    assert "raise max_tokens" in res[1].error and res[2].ok
+
+
+def test_max_completion_tokens_is_learnt():
+    with FakeTeacher(wants_max_completion_tokens=True) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=1), None)
+        res = t.chat_many(reqs(5), progress=False)
+        assert all(r.ok for r in res) and srv.stats()["requests"] == 6
