@@ -147,10 +147,14 @@ def read_split(folder: str | Path, split: str = "train"):
     """Read ``<folder>/<split>.parquet`` as a ``datasets.Dataset`` (no hub, no cache folder)."""
     import datasets
 
+    import pyarrow.parquet as pq
+
     path = Path(folder) / f"{split}.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such split '{split}' in dataset folder {folder}")
-    return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
+    # Read the table directly: no cache folder, and an empty split reads as an empty dataset
+    # (datasets' parquet builder refuses a file with no rows).
+    return datasets.Dataset(pq.read_table(str(path)))
 
 
 def read_rows(folder: str | Path, split: str = "train") -> list[dict]:

@@ -21,6 +21,16 @@ def _path(p: str, field: str) -> Path:
     return path
 
 
+def _require_rows(folder: Path, split: str = "train") -> list[dict]:
+    """Rows of an upstream stage, or a clear error when it produced none (rather than failing downstream)."""
+    rows = read_rows(folder, split)
+    if not rows:
+        report = folder / "report.md"
+        hint = f"; its report says why: {report}" if report.exists() else ""
+        raise InputError(f"stage '{folder.name}' produced no rows in {split}.parquet{hint}", path=folder)
+    return rows
+
+
 def _latest(run_dir: Path, recipe, *candidates: str) -> Path:
     """The output folder of the nearest earlier stage, among ``candidates`` (latest first), that the recipe has."""
     for name in candidates:
@@ -65,13 +75,22 @@ def _teacher_model_inputs(recipe, run_dir):
     return {"seeds": run_dir / "seeds"}
 
 
+def _teacher_model_fingerprint(recipe):
+    # The prompts the teacher learns come from the synth config, so a change there retrains it.
+    if recipe.synth is None:
+        return None
+    s = recipe.synth.model_dump(mode="json")
+    return {"self_instruct": s["self_instruct"], "templates": s["templates"]}
+
+
 def _teacher_model_run(ctx: StageContext) -> dict:
     from orchard.synth.api import teacher_training_examples
     from orchard.teacher_train import train_tiny_teacher
 
     cfg = ctx.config
     seeds = read_rows(ctx.inputs["seeds"])
-    examples = teacher_training_examples(seeds, cfg.examples, seed=cfg.seed)
+    # The teacher learns exactly the prompts this recipe's synth stage will send.
+    examples = teacher_training_examples(seeds, cfg.examples, seed=cfg.seed, config=ctx.recipe.synth)
     return train_tiny_teacher(ctx.out_dir / "model", examples, seconds=cfg.seconds, seed=cfg.seed)
 
 
@@ -108,8 +127,11 @@ def _teacher_identity(recipe):
 def _synth_run(ctx: StageContext) -> dict:
     from orchard.synth.api import instructions_stage
 
-    return instructions_stage(ctx.inputs["seeds"], ctx.out_dir, ctx.work_dir, ctx.config, ctx.teacher,
-                              records_dir=ctx.inputs.get("records"))
+    cfg = ctx.config
+    if cfg.method == "grounded" and cfg.grounded.table is None and "records" in ctx.inputs:
+        # Ground on the rows this run's tabular stage made (synth re-checks their privacy gate itself).
+        cfg = cfg.model_copy(update={"grounded": cfg.grounded.model_copy(update={"table": ctx.inputs["records"]})})
+    return instructions_stage(ctx.inputs["seeds"], ctx.out_dir, ctx.work_dir, cfg, ctx.teacher)
 
 
 # ---------------------------------------------------------------- review
@@ -121,6 +143,7 @@ def _review_inputs(recipe, run_dir):
 def _review_run(ctx: StageContext) -> dict:
     from orchard.review.api import review_stage
 
+    _require_rows(ctx.inputs["data"])
     return review_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, ctx.config)
 
 
@@ -133,7 +156,7 @@ def _split_inputs(recipe, run_dir):
 def _split_run(ctx: StageContext) -> dict:
     from orchard.lineage import lineage_split
 
-    rows = read_rows(ctx.inputs["data"])
+    rows = _require_rows(ctx.inputs["data"])
     if len(rows) < 2:
         raise InputError(f"{ctx.inputs['data']}: {len(rows)} rows; a held-out split needs at least 2")
     cfg = ctx.config
@@ -211,7 +234,7 @@ def _rlaif_run(ctx: StageContext) -> dict:
     from orchard.align.api import dpo_stage, sample_stage
     from orchard.align.config import DPOConfig, SampleConfig
     from orchard.synth.api import judge_candidates_stage
-    from orchard.synth.methods_config import JudgeConfig
+    from orchard.synth.methods_config import PreferencesConfig
 
     cfg = ctx.config
     policy = ctx.inputs["policy"]
@@ -223,7 +246,7 @@ def _rlaif_run(ctx: StageContext) -> dict:
         res["sample"] = _cached_step(wd / "candidates", rd / "candidates", lambda o, w: sample_stage(
             ctx.inputs["data"], policy, o, w, SampleConfig.model_validate(cfg.sample)))
         res["judge"] = _cached_step(wd / "pairs", rd / "pairs", lambda o, w: judge_candidates_stage(
-            rd / "candidates", o, w, JudgeConfig.model_validate(cfg.judge), ctx.teacher))
+            rd / "candidates", o, w, PreferencesConfig.model_validate(cfg.judge), ctx.teacher))
         dcfg = DPOConfig.model_validate(cfg.dpo)
         res["dpo"] = _cached_step(wd / "dpo", rd / "dpo", lambda o, w: dpo_stage(rd / "pairs", policy, o, w, dcfg))
         policy = rd / "dpo"
@@ -259,7 +282,8 @@ def _eval_run(ctx: StageContext) -> dict:
 STAGES: dict[str, StageSpec] = {
     "seeds": StageSpec("seeds", _seeds_inputs, _seeds_run),
     "tabular": StageSpec("tabular", _tabular_inputs, _tabular_run),
-    "teacher_model": StageSpec("teacher_model", _teacher_model_inputs, _teacher_model_run),
+    "teacher_model": StageSpec("teacher_model", _teacher_model_inputs, _teacher_model_run,
+                               extra_fingerprint=_teacher_model_fingerprint),
     "synth": StageSpec("synth", _synth_inputs, _synth_run, needs_teacher=lambda r: True,
                        extra_fingerprint=_teacher_identity),
     "review": StageSpec("review", _review_inputs, _review_run),
