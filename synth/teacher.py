@@ -20,6 +20,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -173,7 +174,6 @@ class _LoopState:
     """Things bound to one asyncio event loop (each chat_many call runs its own)."""
 
     def __init__(self, n: int):
-        self.loop = asyncio.get_running_loop()
         self.sem = asyncio.Semaphore(n)
         self.clients: dict[int, openai.AsyncOpenAI] = {}
         self.inflight: dict[str, asyncio.Future] = {}
@@ -202,7 +202,8 @@ class Teacher:
         # The cache key names the model(s), not hosts: replicas of one model share cached answers.
         self.model_id = "|".join(sorted({e.cfg.model for e in self.endpoints}))
         self._rng = random.Random()
-        self._state: Optional[_LoopState] = None
+        # Per event loop (chat_many runs its own; callers may use several threads): semaphore, clients.
+        self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
         self._pending_hits: list[dict] = []
         self._stop: Optional[BaseException] = None
         self._started = 0  # paid logical calls started this session (budget.max_calls)
@@ -324,7 +325,7 @@ class Teacher:
             self._u["deduped"] += 1
             res = await asyncio.shield(st.inflight[key])
             return _replace(res, tag=req.tag, cached=True)
-        fut = st.loop.create_future()
+        fut = asyncio.get_running_loop().create_future()
         st.inflight[key] = fut
         try:
             async with st.sem:
@@ -537,18 +538,18 @@ class Teacher:
 
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
-        if self._state is None or self._state.loop is not loop:
-            self._state = _LoopState(self.config.max_concurrency)
-        return self._state
+        st = self._states.get(loop)
+        if st is None:
+            st = self._states[loop] = _LoopState(self.config.max_concurrency)
+        return st
 
     async def _arun_and_close(self, requests, progress):
         try:
             return await self.arun(requests, progress=progress)
         finally:
-            st = self._state
+            st = self._states.pop(asyncio.get_running_loop(), None)
             if st is not None:
                 await asyncio.gather(*(c.close() for c in st.clients.values()), return_exceptions=True)
-                self._state = None
 
     # -- budget, params, bookkeeping -----------------------------------------------------------------
     def _check_budget(self) -> None:
@@ -584,8 +585,8 @@ class Teacher:
         """Log the outcome and wait until it is committed (batched with others finishing now)."""
         st.rows.append(self._row(req, key, res))
         if st.commit is None:
-            st.commit = st.loop.create_future()
-            st.loop.call_soon(self._commit_rows, st)
+            st.commit = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._commit_rows, st)
         await asyncio.shield(st.commit)
 
     def _commit_rows(self, st: _LoopState) -> None:

@@ -409,3 +409,15 @@ def test_max_completion_tokens_is_learnt():
         t = Teacher(cfg(srv.base_url, max_concurrency=1), None)
         res = t.chat_many(reqs(5), progress=False)
         assert all(r.ok for r in res) and srv.stats()["requests"] == 6
+
+
+def test_one_teacher_shared_by_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with FakeTeacher(latency_s=0.005) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=4), tmp_path / "c.db")
+        with ThreadPoolExecutor(3) as pool:
+            outs = list(pool.map(lambda k: t.chat_many(reqs(40, f"thread{k}"), progress=False), range(3)))
+        assert srv.stats()["ok"] == 120 and set(srv.stats()["ok_by_prompt"].values()) == {1}
+    assert all(r.ok for out in outs for r in out)
+    assert len(CallLog(tmp_path / "c.db").ok_keys()) == 120
