@@ -19,7 +19,8 @@ class FastPlan:
     reason: str
     unpad: bool = False  # padding-free forward with attention kept within each example
     liger: bool = False  # Liger kernels (RMSNorm, RoPE, SwiGLU; fused linear cross-entropy for SFT)
-    keep_layers: int = 0  # decoder layers left out of activation checkpointing
+    keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
+    memory_budget_gib: float = 16.0  # what "auto" may fill
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -30,7 +31,7 @@ def _liger_ok() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
 
 
-def decide(mode: str = "auto", keep_layers: int = 0) -> FastPlan:
+def decide(mode: str = "auto", keep_layers: int | str = "auto", memory_budget_gib: float = 16.0) -> FastPlan:
     """The plan for this machine. ``mode``: "auto" | "on" | "off"."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"fast_path must be auto, on or off, not {mode!r}")
@@ -43,7 +44,7 @@ def decide(mode: str = "auto", keep_layers: int = 0) -> FastPlan:
         why = "no CUDA GPU" if not gpu else f"GPU compute capability {cc[0]}.{cc[1]} < 8.0"
         return FastPlan(False, f"{why}: plain TRL path")
     plan = FastPlan(True, "fast_path: on" if mode == "on" else f"CUDA GPU, compute capability {cc[0]}.{cc[1]}",
-                    unpad=True, keep_layers=keep_layers if gpu else 0)
+                    unpad=True, keep_layers=keep_layers if gpu else 0, memory_budget_gib=memory_budget_gib)
     plan.liger = gpu and _liger_ok()
     if gpu and not plan.liger:
         plan.notes.append("liger-kernel not installed: install orchard[gpu] for its fused kernels")
@@ -69,8 +70,11 @@ def apply(trainer, plan: FastPlan) -> dict:
     if plan.unpad:
         unpad.enable(trainer.model)
         done["padding_free"] = True
-    if plan.keep_layers:
-        trainer.add_callback(PartialCheckpointing(plan.keep_layers))
+    if plan.keep_layers and trainer.args.gradient_checkpointing:
+        args = trainer.args
+        rows = args.per_device_train_batch_size * (2 if hasattr(args, "beta") else 1)  # DPO: chosen + rejected
+        cb = PartialCheckpointing(plan.keep_layers, plan.memory_budget_gib, rows * (args.max_length or 2048))
+        trainer.add_callback(cb)
         done["layers_not_checkpointed"] = plan.keep_layers
     done["liger"] = bool(trainer.args.use_liger_kernel)
     return done

@@ -1,0 +1,178 @@
+"""orchard.align.fast computes what the plain path computes: same loss, same LoRA gradients, same log-probs.
+
+Tiny random Llama (grouped-query attention, fp32, CPU) with a LoRA whose B matrices are non-zero, so that every
+adapter gets a gradient. The padded batches have very different lengths, so padding is most of each batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchard.align import fast
+from orchard.align.fast import attention, checkpointing, unpad
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tiny_peft(seed: int = 0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+    cfg._attn_implementation = "sdpa"
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    return get_peft_model(LlamaForCausalLM(cfg), lora)
+
+
+def _batch(lens, side="right", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    t = max(lens)
+    ids = torch.zeros(len(lens), t, dtype=torch.long)
+    am = torch.zeros(len(lens), t, dtype=torch.long)
+    for i, n in enumerate(lens):
+        sl = slice(0, n) if side == "right" else slice(t - n, t)
+        ids[i, sl] = torch.randint(3, 300, (n,), generator=g)
+        am[i, sl] = 1
+    labels = ids.masked_fill(am == 0, -100)
+    if side == "left":
+        # The first real token of a left-padded row would be "predicted" from a padding position: its target
+        # is padding-dependent garbage on any path, so (like every trainer) leave it out of the loss.
+        for i, n in enumerate(lens):
+            labels[i, t - n] = -100
+    return ids, am, labels
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Records the per-example lengths the packed attention used (proves the packed path ran)."""
+    seen = []
+    real = attention._segment_lengths
+
+    def wrapped(total, kwargs):
+        out = real(total, kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(attention, "_segment_lengths", wrapped)
+    return seen
+
+
+def _loss_and_grads(model, ids, am, labels):
+    model.zero_grad()
+    loss = model(input_ids=ids, attention_mask=am, labels=labels).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_same(plain, fast_):
+    (l0, g0), (l1, g1) = plain, fast_
+    assert l1 == pytest.approx(l0, rel=1e-5)
+    assert g0.keys() == g1.keys() and len(g0) == 3 * 7 * 2  # 3 layers x 7 linears x (A, B)
+    for k in g0:
+        assert torch.allclose(g1[k], g0[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_sft_loss_and_lora_grads_match_plain(spy, side):
+    plain = _tiny_peft()
+    packed = copy.deepcopy(plain)
+    assert unpad.enable(packed) and not unpad.enable(packed)  # idempotent
+    ids, am, labels = _batch([37, 5, 60, 18], side)
+    ref = _loss_and_grads(plain, ids, am, labels)
+    got = _loss_and_grads(packed, ids, am, labels)
+    _assert_same(ref, got)
+    # every layer's attention ran on the four examples separately, no padding in the row
+    assert spy and all(s == [37, 5, 60, 18] for s in spy)
+
+
+def test_checkpointing_and_kept_layers_match_plain(spy):
+    plain = _tiny_peft()
+    packed = copy.deepcopy(plain)
+    unpad.enable(packed)
+    for m in (plain, packed):
+        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+        m.train()
+    assert checkpointing.set_kept_layers(packed, 1) == 1
+    layers = unpad.backbone(packed).layers
+    assert [lay.gradient_checkpointing for lay in layers] == [True, True, False]
+    ids, am, labels = _batch([12, 40, 3])
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(packed, ids, am, labels))
+    # forward (3 layers) + recompute of the 2 checkpointed layers, all packed
+    assert len(spy) == 5 and all(s == [12, 40, 3] for s in spy)
+
+
+def test_fused_logprob_head_used_by_dpo_matches(spy):
+    """TRL's DPO scores chosen+rejected through a fused log-prob head; the unpadded backbone must not change it."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    plain = _tiny_peft()
+    add_fused_lm_head(plain.get_base_model())
+    packed = copy.deepcopy(plain)
+    unpad.enable(packed)
+    ids, am, labels = _batch([20, 9, 33, 14])  # [chosen x2, rejected x2], as TRL lays them out
+    outs = []
+    for m in (plain, packed):
+        m.zero_grad()
+        o = m(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True, use_cache=False)
+        logps = o.log_probs.sum(1)
+        (-torch.nn.functional.logsigmoid(logps[:2] - logps[2:])).mean().backward()
+        outs.append((o.log_probs.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}))
+    assert outs[0][0].shape == outs[1][0].shape
+    assert torch.allclose(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    for k in outs[0][1]:
+        assert torch.allclose(outs[1][1][k], outs[0][1][k], rtol=1e-4, atol=1e-6), k
+    assert spy
+
+
+def test_generation_with_cache_is_unchanged():
+    plain = _tiny_peft().eval()
+    packed = copy.deepcopy(plain)
+    unpad.enable(packed)
+    ids, am, _ = _batch([6, 9], side="left")
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(plain.generate(input_ids=ids, attention_mask=am, **kw),
+                       packed.generate(input_ids=ids, attention_mask=am, **kw))
+    assert unpad.disable(packed) and not unpad.disable(packed)
+    assert unpad.backbone(packed).config._attn_implementation == "sdpa"
+
+
+def test_decide_falls_back_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectation")
+    auto = fast.decide("auto")
+    assert not auto.enabled and "no CUDA GPU" in auto.reason
+    assert fast.trainer_kwargs({"a": 1}, auto) == {"a": 1}
+    on = fast.decide("on")
+    assert on.enabled and on.unpad and not on.liger and on.keep_layers == 0
+    assert not fast.decide("off").enabled
+    with pytest.raises(ValueError, match="auto, on or off"):
+        fast.decide("fast")
+
+
+def test_trl_trainers_same_losses_through_benchmark(tmp_path):
+    """SFTTrainer and DPOTrainer with fast.apply(): the logged losses of the first steps equal the plain path's."""
+    bench = ROOT / "benchmarks" / "train_speed.py"
+    model = tmp_path / "llama-tiny"
+    run = [sys.executable, str(bench)]
+    subprocess.run(run + ["make", "--size", "tiny", "--model", str(model)], check=True, capture_output=True)
+    out = tmp_path / "trl.json"
+    subprocess.run(run + ["trl", "--model", str(model), "--steps", "2", "--warmup", "1", "--maxlen", "128",
+                          "--variants", "plain_sft,fast_sft,plain_dpo,fast_dpo", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    res = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+    assert all("error" not in r for r in res.values()), res
+    assert res["fast_sft"]["applied"]["padding_free"] is True
+    for stage in ("sft", "dpo"):
+        p, f = res[f"plain_{stage}"]["losses"], res[f"fast_{stage}"]["losses"]
+        assert len(p) == len(f) == 3
+        assert f == pytest.approx(p, abs=1e-4)
+        assert res[f"fast_{stage}"]["tokens_timed"] == res[f"plain_{stage}"]["tokens_timed"]  # same batches
