@@ -40,6 +40,11 @@ def _wanted(postgres: bool) -> dict:
     return {"requirements": reqs, "python": f"{sys.version_info.major}.{sys.version_info.minor}", "postgres": postgres}
 
 
+def _plain(reqs: list[str]) -> list[str]:
+    """Requirements without extras, to compare what a marker records with what is wanted."""
+    return [r.replace("[postgresql]", "") for r in reqs]
+
+
 def ensure_server_env(path: str | Path | None = None, postgres: bool = False, quiet: bool = True) -> Path:
     """Create (or reuse) the server venv and return its folder.
 
@@ -51,7 +56,7 @@ def ensure_server_env(path: str | Path | None = None, postgres: bool = False, qu
     marker = path / MARKER
     if marker.exists() and env_python(path).exists():
         have = json.loads(marker.read_text())
-        if have.get("requirements", [])[1:] == wanted["requirements"][1:] and (have.get("postgres") or not postgres):
+        if _plain(have.get("requirements", [])) == _plain(wanted["requirements"]) and (have.get("postgres") or not postgres):
             return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if not env_python(path).exists():

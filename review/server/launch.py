@@ -21,7 +21,8 @@ import orchard_sqlsearch  # noqa: E402,F401  (registers the engine before the ap
 
 
 def _sqlite_tuning() -> None:
-    """WAL lets the worker and the server write without locking readers out; the extra indexes serve the queue."""
+    """WAL lets the worker and the server write without locking readers out; the extra index serves the queue's
+    default order (responses already have a unique (record_id, user_id) index)."""
     from sqlalchemy import text
 
     from argilla_server.database import sync_engine
@@ -31,7 +32,38 @@ def _sqlite_tuning() -> None:
     with sync_engine.begin() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_records_ds_inserted ON records (dataset_id, inserted_at)"))
-        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_responses_rec_user ON responses (record_id, user_id)"))
+
+
+def _skip_unwatched_events() -> None:
+    """Build webhook events only when an enabled webhook listens for them.
+
+    argilla-server builds every record/response event (a dataset load with five relationships, a schema dump)
+    before it looks for webhooks; in bulk pushes that is most of the time spent per record. The wrapper asks the
+    same question first (one query), so behaviour with webhooks is unchanged.
+    """
+    import importlib
+
+    from argilla_server.contexts import webhooks
+    from argilla_server.webhooks.v1 import records as record_events
+    from argilla_server.webhooks.v1 import responses as response_events
+
+    def guard(original):
+        async def notify(db, event, obj):
+            hooks = await webhooks.list_enabled_webhooks(db)
+            if not any(str(event) in (h.events or []) for h in hooks):
+                return []
+            return await original(db, event, obj)
+
+        return notify
+
+    rec, resp = guard(record_events.notify_record_event), guard(response_events.notify_response_event)
+    for name in ("argilla_server.bulk.records_bulk", "argilla_server.contexts.records",
+                 "argilla_server.contexts.datasets", "argilla_server.contexts.distribution"):
+        module = importlib.import_module(name)
+        if hasattr(module, "notify_record_event_v1"):
+            module.notify_record_event_v1 = rec
+        if hasattr(module, "notify_response_event_v1"):
+            module.notify_response_event_v1 = resp
 
 
 def init(api_key: str, password: str) -> None:
@@ -46,6 +78,7 @@ def init(api_key: str, password: str) -> None:
 def serve(host: str, port: int) -> None:
     import uvicorn
 
+    _skip_unwatched_events()
     from argilla_server import app  # the same object `python -m argilla_server start` serves
 
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
@@ -53,6 +86,8 @@ def serve(host: str, port: int) -> None:
 
 def worker(num_workers: int) -> None:
     from argilla_server.cli.worker import worker as run_worker
+
+    _skip_unwatched_events()
 
     run_worker(queues=["default", "high"], num_workers=num_workers)
 
