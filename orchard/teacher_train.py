@@ -64,8 +64,8 @@ def train_tiny_teacher(
     *,
     seconds: float | None = 60,
     max_steps: int | None = None,
-    seq_len: int = 192,
-    batch_size: int = 16,
+    seq_len: int = 128,
+    batch_size: int = 4,
     lr: float = 3e-3,
     seed: int = 0,
     vocab_size: int = 2000,
@@ -78,6 +78,9 @@ def train_tiny_teacher(
 
     Stops at ``seconds`` of training or ``max_steps`` steps, whichever comes first (``seconds=None`` with
     ``max_steps`` makes the run deterministic for ``seed``). Returns metrics with the loss curve.
+
+    Small batches win at this size: at equal tokens (307k, synth's teacher examples) the loss reached was
+    1.41 with batch 4 x 128 tokens, 1.61 with 8 x 128 and 2.99 with 16 x 192 (measured 2026-11-23).
     """
     import torch
 
