@@ -252,6 +252,7 @@ class Teacher:
                     results[i] = await self._run_one(reqs[i])
                 except (BudgetExhausted, TeacherError) as e:
                     stop.append(e)
+                    self._stop = self._stop or e  # calls waiting for a slot or an endpoint stop too
                     return
                 if bar is not None:
                     bar.update(1)
@@ -465,7 +466,20 @@ class Teacher:
         code = e.status_code
         detail = self._redact(_error_detail(e))
         if code == 429:
-            return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=parse_retry_after(e.response.headers))
+            ra = parse_retry_after(e.response.headers)
+            cap = self.config.max_retry_after_s
+            if ra is not None and ra > cap:
+                # A quota, not a hiccup (e.g. "retry after 86400"): stalling the run for it helps nobody.
+                self._fail(ep, f"rate limited 429 ({ep.host})")
+                ep.down_until = time.monotonic() + ra
+                now = time.monotonic()
+                if not any(x.dead is None and x.down_until <= now for x in self.endpoints):
+                    return TeacherError(
+                        f"{ep.host} rate-limits us for {ra:.0f} s (over max_retry_after_s={cap:g}); completed "
+                        "calls are saved: re-run later to resume"
+                    )
+                return _Retryable(f"rate limited 429 for {ra:.0f} s ({ep.host})", immediate=True)
+            return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=ra)
         if code in (408, 409) or code >= 500:
             return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(e.response.headers))
         if code in (400, 422) and used_rf and re.search(r"response_format|json", detail, re.I):
@@ -512,8 +526,11 @@ class Teacher:
             now = time.monotonic()
             up = [e for e in alive if e.down_until <= now]
             if not up:
-                # Everyone asked us to back off (Retry-After) or is cooling down: wait for the first.
-                await asyncio.sleep(min(e.down_until for e in alive) - now)
+                # Everyone asked us to back off (Retry-After) or is cooling down: wait for the first,
+                # in short naps so that a run being stopped (budget, fatal error) is not held up.
+                await asyncio.sleep(min(min(e.down_until for e in alive) - now, 0.5))
+                if self._stop is not None:
+                    raise self._stop
                 continue
             if avoid is not None and len(up) > 1 and avoid in up:
                 up.remove(avoid)

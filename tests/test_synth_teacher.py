@@ -421,3 +421,28 @@ def test_one_teacher_shared_by_threads(tmp_path):
         assert srv.stats()["ok"] == 120 and set(srv.stats()["ok_by_prompt"].values()) == {1}
     assert all(r.ok for out in outs for r in out)
     assert len(CallLog(tmp_path / "c.db").ok_keys()) == 120
+
+
+def test_quota_sized_retry_after_stops_the_run_instead_of_stalling(tmp_path):
+    db = tmp_path / "c.db"
+    with FakeTeacher(faults=FaultPlan(sequence=["ok", "ok", "429"], retry_after=3600)) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=1, max_retry_after_s=5), db)
+        t0 = time.perf_counter()
+        with pytest.raises(TeacherError, match="rate-limits us for 3600 s") as ei:
+            t.chat_many(reqs(10), progress=False)
+        assert time.perf_counter() - t0 < 3
+        assert sum(r is not None and r.ok for r in ei.value.results) == 2
+        assert srv.stats()["requests"] == 3
+        # The two completed calls are saved: a re-run resumes after them.
+        res = Teacher(cfg(srv.base_url, max_concurrency=1), db).chat_many(reqs(10), progress=False)
+        assert all(r.ok for r in res) and srv.stats()["requests"] == 11
+
+
+def test_weights_spread_the_load():
+    with FakeTeacher() as a, FakeTeacher() as b:
+        c = cfg(None, model=None, endpoints=[{"base_url": a.base_url, "model": "fake", "weight": 3},
+                                             {"base_url": b.base_url, "model": "fake", "weight": 1}])
+        res = Teacher(c, None).chat_many(reqs(400), progress=False)
+        na, nb = a.stats()["ok"], b.stats()["ok"]
+    assert all(r.ok for r in res) and na + nb == 400
+    assert 0.65 < na / 400 < 0.85, (na, nb)
