@@ -215,14 +215,20 @@ def preferences_stage(prompts_dir, out_dir: Path, work_dir: Path, config: Prefer
     rows = _read_folder(prompts_dir, "prompts")[: config.max_prompts or None]
     t, tprov, owned = _open_teacher(teacher, work_dir, config.use_cache)
     ledger = Ledger()
+    extra_teachers = []
     try:
-        samples = sample_responses(rows, config, t, ledger)
+        for i, tc in enumerate(config.response_teachers):
+            extra_teachers.append(_open_teacher(tc, work_dir, config.use_cache)[0])
+        samples = sample_responses(rows, config, t, ledger, extra_teachers or None)
         judge = Judge(t, config.criteria, config.templates, config.judge_temperature, config.judge_max_tokens,
                       config.seed, tprov["model"])
-        pairs = make_pairs(rows, [[s for s, _ in ss] for ss in samples], config, judge, ledger, config.judge,
-                           extra=[{"temperatures": [tt for _, tt in ss], "teacher": tprov} for ss in samples])
+        pairs = make_pairs(rows, [[s for s, _, _ in ss] for ss in samples], config, judge, ledger, config.judge,
+                           extra=[{"temperatures": [tt for _, tt, _ in ss], "response_models": [m for _, _, m in ss],
+                                   "teacher": tprov} for ss in samples])
         man = _pref_finish(out_dir, ledger, pairs, config, t, f"synth: preferences ({config.judge})")
     finally:
+        for x in extra_teachers:
+            x.close()
         if owned:
             t.close()
     man["judge"] = config.judge

@@ -61,6 +61,8 @@ class NearDupIndex:
         self.cfg = cfg or NearDupConfig()
         self.lsh = MinHashLSH(threshold=self.cfg.lsh_threshold, num_perm=self.cfg.num_perm)
         self.texts: dict[str, str] = {}
+        self.sets: dict[str, frozenset] = {}
+        self.lens: dict[str, int] = {}
         self.tok = _CachedTokenizer()
         self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=self.tok)
         self.rouge_calls = 0
@@ -75,27 +77,56 @@ class NearDupIndex:
 
     def check(self, text: str, mh: Optional[MinHash] = None,
               exclude: frozenset | set = frozenset()) -> tuple[Optional[DupHit], float, MinHash]:
-        """(hit or None, highest ROUGE-L among LSH candidates, the text's MinHash for a following ``add``).
+        """(hit or None, highest ROUGE-L scored (0 if no candidate could reach the threshold), the MinHash).
 
         ``exclude``: pool keys not to compare with (an evolved prompt's own ancestors, which it extends on purpose).
         """
         mh = mh or self._minhash(text)
-        best, best_key = 0.0, None
+        toks = self.tok.tokenize(text)
+        tset = frozenset(toks)
+        m, rep = len(toks), len(toks) - len(tset)
+        # Exact upper bound on ROUGE-L F: the LCS cannot exceed the multiset word overlap, which is at most the
+        # set overlap plus the repeated words of either text (C-speed set operations). Candidates whose bound is
+        # below the threshold cannot be duplicates, so the O(m*n) LCS runs only on plausible ones, best first,
+        # stopping at the first confirmed duplicate: decisions are identical to scoring every candidate.
+        sets, lens = self.sets, self.lens
+        bounds = []
         for key in self.lsh.query(mh):
             if key in exclude:
                 continue
+            other, n = sets[key], lens[key]
+            total = m + n
+            if total == 0 or 2 * min(m, n) < self.cfg.rouge_threshold * total:
+                continue
+            inter = len(tset & other) + min(rep, n - len(other))
+            bound = 2 * min(inter, m, n) / total
+            if bound >= self.cfg.rouge_threshold:
+                bounds.append((bound, key))
+        bounds.sort(reverse=True)
+        best, best_key = 0.0, None
+        for bound, key in bounds:
+            if bound < self.cfg.rouge_threshold:
+                break  # sorted: no later candidate can reach the threshold either
             self.rouge_calls += 1
             s = self.scorer.score(self.texts[key], text)["rougeL"].fmeasure
             if s > best:
                 best, best_key = s, key
+            if s >= self.cfg.rouge_threshold:
+                break
         hit = DupHit(best_key, best) if best_key is not None and best >= self.cfg.rouge_threshold else None
         return hit, best, mh
 
     def add(self, key: str, text: str, mh: Optional[MinHash] = None) -> None:
         if key in self.texts:
             return
-        self.texts[key] = text
+        self._remember(key, text)
         self.lsh.insert(key, mh or self._minhash(text))
+
+    def _remember(self, key: str, text: str) -> None:
+        toks = self.tok.tokenize(text)
+        self.texts[key] = text
+        self.sets[key] = frozenset(toks)
+        self.lens[key] = len(toks)
 
     def add_many(self, items: Iterable[tuple[str, str]]) -> None:
         items = [(k, t) for k, t in items if k not in self.texts]
@@ -105,7 +136,7 @@ class NearDupIndex:
         mhs = MinHash.bulk(toks, num_perm=self.cfg.num_perm)
         with self.lsh.insertion_session() as sess:
             for (k, t), m in zip(items, mhs):
-                self.texts[k] = t
+                self._remember(k, t)
                 sess.insert(k, m)
 
     def filter(self, items: list[tuple[str, str]]) -> tuple[list[str], dict[str, DupHit]]:

@@ -11,6 +11,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .config import TeacherConfig
+
 EVOL_OPS = ("add_constraints", "deepen", "concretize", "reasoning", "breadth")
 CRITERIA = ("helpfulness", "correctness", "instruction_following", "honesty")
 DEFAULT_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -163,6 +165,10 @@ class PreferencesConfig(_Strict):
     temperatures: list[float] = Field(default_factory=lambda: [0.2, 1.0], min_length=1,
                                       description="cycled over the responses")
     max_tokens: int = Field(default=512, ge=8)
+    response_teachers: list[TeacherConfig] = Field(
+        default_factory=list,
+        description="sample response k from response_teachers[k % len] (other models/endpoints) instead of the "
+                    "stage's teacher; the stage's teacher still judges")
     judge: Literal["rating", "pairwise"] = Field(
         default="rating", description="rating: score each response, chosen = best, rejected = worst; "
                                       "pairwise: compare in both orders, ties dropped")

@@ -31,21 +31,29 @@ def prompt_of(row: dict) -> list[dict]:
     return msgs
 
 
-def sample_responses(rows: list[dict], cfg: PreferencesConfig, teacher, ledger: Ledger) -> list[list[tuple[str, float]]]:
-    """N (text, temperature) responses per prompt row; failed calls are dropped (recorded)."""
+def sample_responses(rows: list[dict], cfg: PreferencesConfig, teacher, ledger: Ledger,
+                     samplers: list | None = None) -> list[list[tuple[str, float, str]]]:
+    """N (text, temperature, model) responses per prompt row. Response k comes from ``samplers[k % len]`` when
+    given (other endpoints/models), else from ``teacher``. Failed calls are counted (``sample_errors``)."""
     from .teacher import ChatRequest
 
-    reqs, owner = [], []
+    samplers = samplers or [teacher]
+    batches: list[list] = [[] for _ in samplers]
     for i, r in enumerate(rows):
         for k in range(cfg.num_responses):
             t = cfg.temperatures[k % len(cfg.temperatures)]
-            reqs.append(ChatRequest(messages=prompt_of(r), params={"temperature": t, "max_tokens": cfg.max_tokens},
-                                    seed=request_seed(cfg.seed, 40, k), sample=k, tag=f"pref_sample:{r.get('id')}:{k}"))
-            owner.append((i, t))
-    out: list[list[tuple[str, float]]] = [[] for _ in rows]
-    for (i, t), res in zip(owner, teacher.chat_many(reqs) if reqs else []):
+            batches[k % len(samplers)].append(((i, t), ChatRequest(
+                messages=prompt_of(r), params={"temperature": t, "max_tokens": cfg.max_tokens},
+                seed=request_seed(cfg.seed, 40, k), sample=k, tag=f"pref_sample:{r.get('id')}:{k}")))
+    got: list[tuple[tuple[int, float], object, str]] = []
+    for s, batch in zip(samplers, batches):
+        if batch:
+            results = s.chat_many([rq for _, rq in batch])
+            got += [(own, res, s.model_id) for (own, _), res in zip(batch, results)]
+    out: list[list[tuple[str, float, str]]] = [[] for _ in rows]
+    for (i, t), res, model in sorted(got, key=lambda g: g[0][0]):
         if res.ok and res.text.strip():
-            out[i].append((res.text.strip(), t))
+            out[i].append((res.text.strip(), t, model))
         else:
             # Not a discarded item by itself: the prompt still gets judged on the responses that came back,
             # or is rejected as pref:too_few_responses.

