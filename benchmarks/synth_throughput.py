@@ -101,6 +101,51 @@ class _Case:
                 "server_cpu_util": round(self.server_cpu / self.secs, 2), "note": note}
 
 
+def _micro(n: int = 5000) -> dict:
+    """CPU per call of orchard's own steps, measured in isolation (process time, microseconds)."""
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+    from orchard.synth.calllog import CallLog
+
+    t = _teacher("http://127.0.0.1:9/v1", Path(tempfile.mkdtemp()) / "m.sqlite", 8)
+    reqs = [ChatRequest(_messages(i, "micro")) for i in range(n)]
+    out = {}
+    c0 = time.process_time()
+    keys = [t.request_key(r) for r in reqs]
+    out["cache_key"] = (time.process_time() - c0) / n
+    c0 = time.process_time()
+    for k in keys:
+        t.log.lookup(k)
+    out["cache_lookup"] = (time.process_time() - c0) / n
+
+    async def one():
+        return 1
+
+    async def retried():
+        for _ in range(n):
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(7), wait=wait_random_exponential(1, max=30),
+                                               retry=retry_if_exception_type(ValueError), reraise=True):
+                with attempt:
+                    await one()
+
+    c0 = time.process_time()
+    asyncio.run(retried())
+    out["tenacity_wrapper"] = (time.process_time() - c0) / n
+    row = dict(key="k", status="ok", cached=0, model="fake", endpoint="127.0.0.1:1", tag="t",
+               request_json={"messages": _messages(0, "micro")}, response_text="x" * 400, finish_reason="stop",
+               prompt_tokens=30, completion_tokens=100, cost_usd=0.0, latency_s=0.01, attempts=1, error=None)
+    log = CallLog(Path(tempfile.mkdtemp()) / "w.sqlite")
+    c0 = time.process_time()
+    for i in range(n // 5):
+        log.record_many([dict(row, key=f"a{i}")])
+    out["log_row_own_commit"] = (time.process_time() - c0) / (n // 5)
+    c0 = time.process_time()
+    for i in range(0, n, 16):
+        log.record_many([dict(row, key=f"b{i + j}") for j in range(16)])
+    out["log_row_group_commit_16"] = (time.process_time() - c0) / n
+    return {k: round(v * 1e6, 1) for k, v in out.items()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="requests per case")
@@ -144,6 +189,7 @@ def main(argv=None) -> dict:
         rows.append(c.row("orchard Teacher: cold, 9% faults (500/429/drop)", n, sum(r.ok for r in res),
                           "retries included"))
 
+    micro = _micro()
     base = rows[0]["items_per_s"]
     for r in rows:
         r["vs_baseline"] = round(r["items_per_s"] / base, 2)
@@ -154,6 +200,7 @@ def main(argv=None) -> dict:
                     "loadavg": os.getloadavg()},
         "params": {"n": n, "concurrency": conc, "server": f"tests/fake_teacher.py, zero latency, {a.server_workers} process(es)"},
         "rows": rows,
+        "orchard_overhead_us_per_call": micro,
     }
     w = max(len(r["case"]) for r in rows)
     print(f"{'case':<{w}}  {'items/s':>8}  {'x base':>6}  {'ok':>5}  {'http':>5}  {'s':>6}  "
@@ -163,6 +210,7 @@ def main(argv=None) -> dict:
               f"{r['http_requests']:>5}  {r['seconds']:>6.2f}  {r['client_cpu_ms_per_item']:>9.3f}  "
               f"{r['client_cpu_util']:>7.2f}  {r['server_cpu_util']:>7.2f}")
     print("cli ms/it: client CPU per item; cpu columns: cores busy on average (1.00 = one core)")
+    print("orchard's own CPU per call (µs): " + ", ".join(f"{k} {v}" for k, v in micro.items()))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")

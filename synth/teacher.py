@@ -459,8 +459,9 @@ class Teacher:
             ep.streak += 1
             if ep.streak >= _BREAKER_STREAK and len(self.endpoints) > 1:
                 ep.down_until = max(ep.down_until, now + min(30.0, 0.5 * 2 ** (ep.streak - _BREAKER_STREAK)))
+        reason = self._redact(reason)
         log.debug("teacher retry: %s", reason)
-        return _Retryable(self._redact(reason), retry_after=retry_after)
+        return _Retryable(reason, retry_after=retry_after)
 
     def _status_error(self, e: openai.APIStatusError, ep: _Endpoint, used_rf: bool) -> Exception:
         code = e.status_code
