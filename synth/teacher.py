@@ -41,6 +41,8 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
 _DUMMY_KEY = "sk-orchard-local-no-key"
 # A fresh endpoint failure streak this long takes the endpoint out of rotation for a while.
 _BREAKER_STREAK = 3
+# Paid answers that fail the JSON check (cut off, unparsable) are asked again at most this many times.
+_MAX_BAD_ANSWERS = 2
 
 
 class TeacherError(OrchardError):
@@ -383,6 +385,9 @@ class Teacher:
         self._u["http_requests"] += 1
         want_json = self._json(req)
         kwargs = {"model": ep.cfg.model, "messages": req.messages, **self._params(req)}
+        if acc.get("boost") and "max_tokens" in kwargs:
+            # The last answer was cut off: the same budget would cut it off again (and be paid again).
+            kwargs["max_tokens"] = int(kwargs["max_tokens"] * acc["boost"])
         if ep.max_tokens_param != "max_tokens" and "max_tokens" in kwargs:
             kwargs[ep.max_tokens_param] = kwargs.pop("max_tokens")
         seed = self._seed(req)
@@ -426,12 +431,21 @@ class Teacher:
         if use_rf and ep.supports_json is None:
             ep.supports_json = True
         if want_json:
+            problem = None
             if finish == "length":
-                raise self._fail(ep, "truncated JSON (finish_reason=length)", endpoint_fault=False)
-            try:
-                parse_json_text(text)
-            except ValueError:
-                raise self._fail(ep, "invalid JSON in completion", endpoint_fault=False)
+                problem = "truncated JSON (finish_reason=length)"
+                acc["boost"] = min(4, 2 * acc.get("boost", 1))
+            else:
+                try:
+                    parse_json_text(text)
+                except ValueError:
+                    problem = "invalid JSON in completion"
+            if problem:
+                # Each of these answers was paid for: ask again, but only a couple of times.
+                acc["bad_answers"] = acc.get("bad_answers", 0) + 1
+                if acc["bad_answers"] > _MAX_BAD_ANSWERS:
+                    raise _RequestFailed(f"{problem}, {acc['bad_answers']} answers in a row: not asking again")
+                raise self._fail(ep, problem, endpoint_fault=False)
         ep.streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
 

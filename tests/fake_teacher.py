@@ -120,6 +120,7 @@ class FakeTeacher:
             self.faults_seen: collections.Counter = collections.Counter()
             self.response_format_requests = 0
             self.seeds_seen: collections.Counter = collections.Counter()
+            self.max_tokens_seen: list = []
 
     def stats(self) -> dict:
         if self.shared is not None:  # one of several worker processes: totals over all of them
@@ -130,6 +131,7 @@ class FakeTeacher:
                 "requests": self.requests, "ok": self.ok, "max_inflight": self.max_inflight,
                 "requests_by_prompt": dict(self.requests_by_prompt), "ok_by_prompt": dict(self.ok_by_prompt),
                 "faults": dict(self.faults_seen), "response_format_requests": self.response_format_requests,
+                "max_tokens_seen": list(self.max_tokens_seen),
             }
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -177,6 +179,7 @@ class FakeTeacher:
             self.max_inflight = max(self.max_inflight, self.inflight)
             if body.get("response_format"):
                 self.response_format_requests += 1
+            self.max_tokens_seen.append(body.get("max_tokens"))
         try:
             fault = self.always or (self.faults.next(prompt) if self.faults else "ok")
             if fault == "ok" and body.get("response_format") and not self.supports_json_format:

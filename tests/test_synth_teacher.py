@@ -43,7 +43,7 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path)
     plan = FaultPlan(
         {"500": 0.04, "503": 0.02, "429": 0.03, "timeout": 0.01, "malformed": 0.03, "truncated": 0.03,
          "empty_choices": 0.03, "empty_content": 0.02, "drop": 0.03},
-        seed=1, retry_after=0.05, timeout_sleep_s=1.0, per_prompt_max=4,
+        seed=1, retry_after=0.05, timeout_sleep_s=1.0, per_prompt_max=2,
     )
     with FakeTeacher(faults=plan) as srv:
         t = Teacher(cfg(srv.base_url, max_concurrency=16, timeout_s=0.4, response_format_json=True),
@@ -446,3 +446,14 @@ def test_weights_spread_the_load():
         na, nb = a.stats()["ok"], b.stats()["ok"]
     assert all(r.ok for r in res) and na + nb == 400
     assert 0.65 < na / 400 < 0.85, (na, nb)
+
+
+def test_truncated_json_is_asked_again_with_more_tokens_and_only_twice():
+    with FakeTeacher(faults=FaultPlan(sequence=["truncated", "ok"])) as srv:
+        r = Teacher(cfg(srv.base_url, max_tokens=100), None).chat([{"role": "user", "content": "j"}], json=True)
+        assert r.ok and srv.stats()["max_tokens_seen"] == [100, 200]
+    with FakeTeacher(always="truncated") as srv:
+        r = Teacher(cfg(srv.base_url, max_tokens=100), None).chat([{"role": "user", "content": "j"}], json=True)
+        assert not r.ok and "3 answers in a row" in r.error
+        assert srv.stats()["max_tokens_seen"] == [100, 200, 400]
+    assert r.usage["completion_tokens"] > 0  # the paid, useless answers are still counted
