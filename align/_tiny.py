@@ -93,3 +93,12 @@ def tiny_pairs(rows: list[dict]) -> list[dict]:
              "rejected": [{"role": "assistant", "content": wrong}]}
         out.append({"id": content_hash(p), "seed_id": r["seed_id"], **p, "provenance": '{"margin": 1.0}'})
     return out
+
+
+def build_test_model(path: str | Path) -> Path:
+    """The spine's ``orchard.models.build_tiny_model`` when present, else :func:`build_tiny` (same recipe)."""
+    try:
+        from orchard.models import build_tiny_model
+    except ImportError:
+        return build_tiny(path, tiny_corpus())
+    return build_tiny_model(path, corpus=tiny_corpus(), vocab_size=400)

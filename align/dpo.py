@@ -59,6 +59,17 @@ def _trainer(config: DPOConfig, kw: dict, model, tok, train_ds, eval_ds, callbac
     return keep_dtype_on_resume(CPOTrainer)(args=args, **common)
 
 
+def _prepare_eval(trainer, ds, tok, algorithm: str):
+    """ORPO/CPO tokenize only the datasets given at init; tokenize later eval sets the same way."""
+    if algorithm == "dpo":
+        return ds  # DPOTrainer.evaluate prepares raw datasets itself
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+
+    ds = ds.map(maybe_extract_prompt)
+    ds = ds.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tok})
+    return ds.map(trainer.tokenize_row)
+
+
 def _pick(metrics: dict, suffix: str):
     for k, v in metrics.items():
         if k.endswith(suffix):
@@ -99,7 +110,11 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     eval_sets = {"train_pairs": _pairs_ds(train)}
     if test:
         eval_sets["test"] = _pairs_ds(test)
-    trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_sets if has_eval else None, cbs)
+    if config.algorithm != "dpo" and has_eval:
+        eval_arg = eval_sets["test"]  # the experimental trainers take one eval set
+    else:
+        eval_arg = eval_sets if has_eval else None
+    trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
 
     peft_cfg = getattr(trainer.model, "peft_config", {}) or {}
     ref_params = sum(p.numel() for n, p in trainer.model.named_parameters() if ".ref." in n)
@@ -113,7 +128,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     # Margins/accuracies on the train pairs and the held-out pairs, measured after training.
     final = {}
     for name, ds in eval_sets.items():
-        m = trainer.evaluate(eval_dataset=ds, metric_key_prefix=name)
+        m = trainer.evaluate(eval_dataset=_prepare_eval(trainer, ds, tok, config.algorithm), metric_key_prefix=name)
         final[name] = {
             "loss": m.get(f"{name}_loss"),
             "margin": _pick(m, "rewards/margins"),

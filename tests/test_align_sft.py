@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from orchard.align._tiny import tiny_corpus, tiny_sft_rows
+from orchard.align._tiny import build_test_model, tiny_sft_rows
 from orchard.align.callbacks import TrainingDiverged
 from orchard.align.config import SFTConfig
 from orchard.align.sft import sft_stage
@@ -19,22 +19,10 @@ from orchard.dataio import write_split
 from orchard.errors import InputError
 
 
-def build_model(path):
-    """The spine's tiny-model builder when present, else align's own (same recipe)."""
-    try:
-        from orchard.models import build_tiny_model
-
-        return build_tiny_model(path, corpus=tiny_corpus(), vocab_size=400)
-    except ImportError:
-        from orchard.align._tiny import build_tiny
-
-        return build_tiny(path, tiny_corpus())
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("align_sft")
-    base = build_model(root / "base")
+    base = build_test_model(root / "base")
     rows = tiny_sft_rows()
     held = {rows[0]["seed_id"], rows[6]["seed_id"], rows[12]["seed_id"]}
     test = [r for r in rows if r["seed_id"] in held]
