@@ -6,6 +6,14 @@ what a long, paid generation run needs: bounded concurrency, retries with expone
 budget that stops the run cleanly (``BudgetExhausted``), and a SQLite call log that is also the cache, so
 a re-run or a resumed crash never pays twice for a call that completed. Results come back in input order,
 each either text or an error with its reason — never a silent empty string.
+
+    teacher = Teacher(TeacherConfig(base_url="http://127.0.0.1:8000/v1", model="m"), work_dir / "calls.sqlite")
+    results = teacher.chat_many([ChatRequest(messages, seed=i, tag=row_id) for ...])  # input order
+    manifest["teacher_usage"] = teacher.usage_summary()
+
+Budgets are checked before each paid call, so a run may go past a token or cost limit by at most the calls
+already in flight (``max_concurrency``); ``max_calls`` is exact. A stop raises ``BudgetExhausted`` (or
+``TeacherError`` for a fault a person must fix) after the calls in flight are logged, with ``.results``.
 """
 
 from __future__ import annotations
