@@ -457,3 +457,25 @@ def test_truncated_json_is_asked_again_with_more_tokens_and_only_twice():
         assert not r.ok and "3 answers in a row" in r.error
         assert srv.stats()["max_tokens_seen"] == [100, 200, 400]
     assert r.usage["completion_tokens"] > 0  # the paid, useless answers are still counted
+
+
+_WRITER_SCRIPT = textwrap.dedent("""
+    import sys
+    from orchard.synth.config import TeacherConfig
+    from orchard.synth.teacher import ChatRequest, Teacher
+    base_url, db, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
+    t = Teacher(TeacherConfig(base_url=base_url, model="fake", max_concurrency=8), db)
+    res = t.chat_many([ChatRequest([{"role": "user", "content": f"{prefix} {i}"}]) for i in range(150)],
+                      progress=False)
+    assert all(r.ok for r in res)
+""")
+
+
+def test_two_processes_share_one_call_log(tmp_path):
+    db, script = tmp_path / "calls.sqlite", tmp_path / "w.py"
+    script.write_text(_WRITER_SCRIPT)
+    with FakeTeacher(latency_s=0.002) as srv:
+        procs = [subprocess.Popen([sys.executable, str(script), srv.base_url, str(db), p]) for p in ("a", "b")]
+        assert [p.wait(60) for p in procs] == [0, 0]
+        assert srv.stats()["ok"] == 300
+    assert len(CallLog(db).ok_keys()) == 300
