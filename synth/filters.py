@@ -8,8 +8,6 @@ user's eval set (13-grams like GPT-3 by default); PII is masked or dropped; near
 
 from __future__ import annotations
 
-import json
-import re
 import string
 from pathlib import Path
 from typing import Iterable

@@ -133,6 +133,11 @@ def parse_tasks(text: str, truncated: bool = False) -> tuple[list[str], list[tup
             got = _split_marked(text, pat)
             if got is not None:
                 items = got[1]
+                # Chatter after the list ("Let me know if ...") follows a blank line: cut it off the last item.
+                tail = re.split(r"\n\s*\n", items[-1].strip(), maxsplit=1)
+                if len(tail) == 2:
+                    items[-1] = tail[0]
+                    rejected.append((tail[1].strip()[:500], "parse:trailing_text"))
                 break
     if items is None:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]

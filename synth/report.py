@@ -27,8 +27,6 @@ def embedding_spread(texts: list[str], model: str) -> float | None:
     """Mean pairwise cosine distance of the texts' embeddings (higher: more spread out)."""
     if len(texts) < 2:
         return None
-    import numpy as np
-
     from .dedup import embed
     from .methods_config import SemanticDedupConfig
 

@@ -96,7 +96,8 @@ def test_parsers_on_messy_output():
     from orchard.synth.parsing import parse_instance, parse_pairwise, parse_rating, parse_tasks
 
     assert parse_tasks("Sure!\nTask 4: Write a poem.\nTask 5: Sort the\nlist.")[0] == ["Write a poem.", "Sort the\nlist."]
-    assert parse_tasks("Here:\n1. Do x now\n2) Do y now\nThanks")[0][:1] == ["Do x now"]
+    assert parse_tasks("Here:\n1. Do x now\n2) Do y now\n\nThanks, hope it helps!") == (
+        ["Do x now", "Do y now"], [("Thanks, hope it helps!", "parse:trailing_text")])
     assert parse_tasks('```json\n["a b c", {"instruction": "d e f"}]\n```\ntrailing junk')[0] == ["a b c", "d e f"]
     assert parse_tasks('{"tasks": ["one two three"]} and more text')[0] == ["one two three"]
     items, bad = parse_tasks("Task 4: complete one\nTask 5: cut off mid", truncated=True)
