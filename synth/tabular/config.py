@@ -35,7 +35,10 @@ class GateThresholds(BaseModel):
     # not separate leaks from noise; linkability (0.005 vs 0.24) and inference (0.0 vs 0.42) do.
     max_singling_out_risk: float | None = Field(None, ge=0.0, le=1.0)
     max_linkability_risk: float | None = Field(0.2, ge=0.0, le=1.0)
-    max_inference_risk: float | None = Field(0.3, ge=0.0, le=1.0)
+    # Inference is report-only by default too: when the secret is predictable from the other columns the
+    # control's success rate is high and the risk estimate is noise on small holdouts (honest wine runs,
+    # 45 attacks: 0.0-0.31, 95% CI up to 0.82).
+    max_inference_risk: float | None = Field(None, ge=0.0, le=1.0)
     # SDMetrics QualityReport overall score (column shapes and pair trends), 0..1.
     min_quality_score: float | None = Field(0.6, ge=0.0, le=1.0)
     # Train-on-synthetic/test-on-holdout score divided by train-on-real/test-on-holdout score.

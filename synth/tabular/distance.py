@@ -5,11 +5,12 @@ numerical/datetime ``min(|a - b| / range, 1)`` (range of the reference column; a
 ``a != b``), categorical/boolean ``a != b``; a missing value against a present one counts 1, two missing
 values count 0. SDMetrics builds a cross join of both tables in pandas (quadratic memory and time).
 
-Here the same distance is an L1 (Manhattan) distance once numerical columns are divided by their range
-and categories are one-hot encoded at weight 1/2 -- as long as no clipping at 1 and no missing value is
-involved. So rows that are "easy" (all numbers present and inside the reference's range, reference rows
-complete) go through scikit-learn's NearestNeighbors (a KD-tree), and the few other pairs through an
-exact, chunked numpy computation. The results are the same numbers, to floating-point rounding.
+Here the same distance is an L1 (Manhattan) distance once numerical columns are divided by their range,
+and the categorical part is a count of mismatches -- as long as no clipping at 1 and no missing value is
+involved. So "easy" pairs (numbers present and inside the reference's range, reference row complete) go
+through fast kernels: a scikit-learn KD-tree when there are only a few numeric columns, otherwise scipy's
+``cdist`` for the numbers plus a one-hot matrix product for the categories. The few other pairs go
+through an exact chunked numpy computation. The results are the same numbers, to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from sklearn.neighbors import NearestNeighbors
 
 NUMERIC = ("numerical", "datetime")
 CATEGORICAL = ("categorical", "boolean")
-_CHUNK_ELEMENTS = 4_000_000  # bounded memory for the exact path (elements of the broadcast block)
+_CHUNK_ELEMENTS = 2_000_000  # bounded memory: distances held per chunk (x 8 bytes, a few arrays)
+_MAX_TREE_DIMS = 12  # KD-trees prune well only in few dimensions
 
 
 def _numeric(s: pd.Series, sdtype: str) -> np.ndarray:
@@ -42,6 +44,7 @@ class _Encoded:
         if not num_cols and not cat_cols:
             raise ValueError("no numerical, datetime, categorical or boolean columns to measure")
         self.d = len(num_cols) + len(cat_cols)
+        self.n_codes: list[int] = []
         n, m = len(query), len(ref)
         self.qn = np.column_stack([_numeric(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
         self.rn = np.column_stack([_numeric(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
@@ -51,54 +54,98 @@ class _Encoded:
         self.range = self.rmax - self.rmin  # NaN when the reference column is all missing
         qc, rc = [], []
         for c in cat_cols:
-            # One factorisation over both tables: equal values share a code; missing gets its own code
-            # (SDMetrics counts missing == missing as equal).
-            codes, _ = pd.factorize(pd.concat([query[c], ref[c]], ignore_index=True), use_na_sentinel=True)
-            codes = np.where(codes < 0, codes.max(initial=0) + 1, codes)
-            qc.append(codes[:n])
-            rc.append(codes[n:])
+            # Codes come from the reference's categories only: every query value the reference lacks is
+            # at distance 1 from all reference rows, so they can share one "unseen" code (this keeps the
+            # one-hot width at the reference's cardinality). Missing matches missing, as in SDMetrics.
+            index = pd.Index(pd.unique(ref[c].dropna()))
+            na_code, unseen_code = len(index), len(index) + 1
+            r = index.get_indexer(ref[c])
+            r = np.where(ref[c].isna().to_numpy(), na_code, r)
+            q = index.get_indexer(query[c])
+            q = np.where(query[c].isna().to_numpy(), na_code, np.where(q < 0, unseen_code, q))
+            qc.append(q)
+            rc.append(r)
+            self.n_codes.append(len(index) + 2)
         self.qc = np.column_stack(qc) if qc else np.zeros((n, 0), dtype=np.int64)
         self.rc = np.column_stack(rc) if rc else np.zeros((m, 0), dtype=np.int64)
 
 
-def _exact_block(e: _Encoded, qi: np.ndarray, ri: np.ndarray | None) -> np.ndarray:
-    """Exact SDMetrics distances between query rows ``qi`` and reference rows ``ri`` (all if None)."""
-    rn = e.rn if ri is None else e.rn[ri]
-    rc = e.rc if ri is None else e.rc[ri]
-    qn, qc = e.qn[qi], e.qc[qi]
-    total = np.zeros((len(qi), len(rn)))
-    if qn.shape[1]:
-        diff = np.abs(qn[:, None, :] - rn[None, :, :])
-        rng = e.range[None, None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scaled = np.where(rng == 0, (diff > 0).astype(float), np.minimum(diff / rng, 1.0))
-        qnan, rnan = np.isnan(qn)[:, None, :], np.isnan(rn)[None, :, :]
-        scaled = np.where(qnan | rnan, np.where(qnan & rnan, 0.0, 1.0), scaled)
-        total += scaled.sum(axis=2)
-    if qc.shape[1]:
-        total += (qc[:, None, :] != rc[None, :, :]).sum(axis=2)
+def _exact_block(e: _Encoded, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    """Exact SDMetrics distances between query rows ``qi`` and reference rows ``ri``, any values.
+
+    One column at a time (2-D arrays): a 3-D broadcast over all columns is several times slower.
+    """
+    total = np.zeros((len(qi), len(ri)))
+    for j in range(e.qn.shape[1]):
+        q, r, rng = e.qn[qi, j], e.rn[ri, j], e.range[j]
+        diff = np.abs(np.subtract.outer(q, r))
+        if rng == 0:
+            col = (diff > 0).astype(float)
+        else:
+            with np.errstate(invalid="ignore"):
+                col = np.minimum(diff / rng, 1.0)
+        qnan, rnan = np.isnan(q)[:, None], np.isnan(r)[None, :]
+        total += np.where(qnan | rnan, np.where(qnan & rnan, 0.0, 1.0), col)
+    for j in range(e.qc.shape[1]):
+        total += np.not_equal.outer(e.qc[qi, j], e.rc[ri, j])
     return total / e.d
 
 
-def _exact_knn(e: _Encoded, qi: np.ndarray, ri: np.ndarray | None, k: int) -> np.ndarray:
-    m = len(e.rn) if ri is None else len(ri)
-    out = np.empty((len(qi), k))
-    step = max(1, _CHUNK_ELEMENTS // max(1, m * max(1, e.d)))
-    for s in range(0, len(qi), step):
-        dist = _exact_block(e, qi[s : s + step], ri)
-        part = np.partition(dist, k - 1, axis=1)[:, :k] if m > k else dist
-        out[s : s + step] = np.sort(part, axis=1)[:, :k]
+def _onehot(codes: np.ndarray, sizes: list[int]) -> np.ndarray:
+    out = np.zeros((len(codes), sum(sizes)), dtype=np.float32)
+    offset = 0
+    for j, size in enumerate(sizes):
+        out[np.arange(len(codes)), offset + codes[:, j]] = 1.0
+        offset += size
     return out
 
 
-def _tree_features(e: _Encoded, num: np.ndarray, cat: np.ndarray, n_codes: list[int]) -> np.ndarray:
-    keep = e.range > 0  # zero-range columns contribute 0 for in-range queries
-    parts = [num[:, keep] / e.range[keep]] if keep.any() else []
-    for j, size in enumerate(n_codes):
-        onehot = np.zeros((len(cat), size))
-        onehot[np.arange(len(cat)), cat[:, j]] = 0.5  # a mismatch costs 0.5 + 0.5 = 1
-        parts.append(onehot)
-    return np.hstack(parts) if parts else np.zeros((len(num), 1))
+class _FastBlock:
+    """Distances for in-range queries against complete reference rows: no clipping, no missing values.
+
+    Numbers: an L1 distance of range-scaled values (scipy's cdist). Categories: mismatches = columns -
+    matches, and matches are a one-hot dot product (a matrix multiply; float32 is exact for these counts).
+    """
+
+    def __init__(self, e: _Encoded, ri: np.ndarray):
+        self.e = e
+        self.keep = e.range > 0  # zero-range columns contribute 0 for in-range queries
+        self.r_num = e.rn[ri][:, self.keep] / e.range[self.keep]
+        self.r_hot = _onehot(e.rc[ri], e.n_codes).T if e.qc.shape[1] else None
+
+    def __call__(self, qi: np.ndarray, _ri=None) -> np.ndarray:
+        """``d * distance - categorical columns`` (a monotone shift: the k smallest are the same rows).
+
+        Fewer passes over the (chunk x reference) block than the final distance; :meth:`finish` maps back.
+        """
+        from scipy.spatial.distance import cdist
+
+        e = self.e
+        if self.keep.any():
+            total = cdist(e.qn[qi][:, self.keep] / e.range[self.keep], self.r_num, "cityblock")
+        else:
+            total = np.zeros((len(qi), len(self.r_num)))
+        if self.r_hot is not None:
+            total -= _onehot(e.qc[qi], e.n_codes) @ self.r_hot
+        return total
+
+    def finish(self, raw: np.ndarray) -> np.ndarray:
+        return (raw + self.e.qc.shape[1]) / self.e.d
+
+
+def _knn(block, e: _Encoded, qi: np.ndarray, ri: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest distances per query row, computed in chunks of bounded memory."""
+    m = len(ri)
+    out = np.empty((len(qi), k))
+    step = max(1, _CHUNK_ELEMENTS // max(1, m))
+    for s in range(0, len(qi), step):
+        dist = block(qi[s : s + step], ri)
+        if k == 1:
+            out[s : s + step, 0] = dist.min(axis=1)
+        else:
+            part = np.partition(dist, k - 1, axis=1)[:, :k] if m > k else dist
+            out[s : s + step] = np.sort(part, axis=1)[:, :k]
+    return out
 
 
 def nearest_distances(query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], k: int = 1) -> np.ndarray:
@@ -119,24 +166,25 @@ def nearest_distances(query: pd.DataFrame, reference: pd.DataFrame, columns: dic
     with np.errstate(invalid="ignore"):
         in_range = (e.qn >= e.rmin) & (e.qn <= e.rmax)  # False for NaN
     easy = in_range.all(axis=1)
-    hard_q = np.flatnonzero(~easy)
-    easy_q = np.flatnonzero(easy)
-    tree_r = np.flatnonzero(ref_complete)
-    rest_r = np.flatnonzero(~ref_complete)
+    hard_q, easy_q = np.flatnonzero(~easy), np.flatnonzero(easy)
+    tree_r, rest_r = np.flatnonzero(ref_complete), np.flatnonzero(~ref_complete)
     if len(easy_q) and len(tree_r):
-        n_codes = [int(max(e.qc[:, j].max(initial=0), e.rc[:, j].max(initial=0))) + 1 for j in range(e.qc.shape[1])]
-        r_feat = _tree_features(e, e.rn[tree_r], e.rc[tree_r], n_codes)
-        q_feat = _tree_features(e, e.qn[easy_q], e.qc[easy_q], n_codes)
         kk = min(k_eff, len(tree_r))
-        nn = NearestNeighbors(n_neighbors=kk, metric="manhattan").fit(r_feat)
-        dist, _ = nn.kneighbors(q_feat)
-        out[easy_q, :kk] = dist / e.d
+        keep = e.range > 0
+        if e.qc.shape[1] == 0 and keep.sum() <= _MAX_TREE_DIMS:
+            # Few numeric columns only: a KD-tree (sub-quadratic) on range-scaled values.
+            nn = NearestNeighbors(n_neighbors=kk, metric="manhattan", algorithm="kd_tree")
+            nn.fit(e.rn[tree_r][:, keep] / e.range[keep])
+            dist, _ = nn.kneighbors(e.qn[easy_q][:, keep] / e.range[keep])
+            out[easy_q, :kk] = dist / e.d
+        else:
+            fast = _FastBlock(e, tree_r)
+            out[easy_q, :kk] = fast.finish(_knn(fast, e, easy_q, tree_r, kk))
     if len(easy_q) and len(rest_r):
-        extra = _exact_knn(e, easy_q, rest_r, min(k_eff, len(rest_r)))
-        merged = np.hstack([out[easy_q], extra])
-        out[easy_q] = np.sort(merged, axis=1)[:, :k_eff]
+        extra = _knn(lambda qi, ri: _exact_block(e, qi, ri), e, easy_q, rest_r, min(k_eff, len(rest_r)))
+        out[easy_q] = np.sort(np.hstack([out[easy_q], extra]), axis=1)[:, :k_eff]
     if len(hard_q):
-        out[hard_q] = _exact_knn(e, hard_q, None, k_eff)
+        out[hard_q] = _knn(lambda qi, ri: _exact_block(e, qi, ri), e, hard_q, np.arange(len(e.rn)), k_eff)
     return out
 
 

@@ -127,7 +127,11 @@ def anonymeter_risks(
 
 def quality(train: pd.DataFrame, synthetic: pd.DataFrame, eval_metadata: dict) -> dict:
     """SDMetrics QualityReport: column shapes, column pair trends and their mean."""
-    from sdmetrics.reports import QualityReport
+    with warnings.catch_warnings():
+        # The single-table report is deprecated for a unified one whose score also averages multi-table
+        # properties; the single-table one is the score this gate means.
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
 
     cols = list(eval_metadata["columns"])
     report = QualityReport()
