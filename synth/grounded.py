@@ -120,7 +120,7 @@ class Grounded:
             else:
                 text = t_tab.render(table=s["prov"]["table"], record=s["text"], count=g.questions_per_chunk)
             reqs.append(ChatRequest(messages=user(text), params={"temperature": g.temperature, "max_tokens": g.max_tokens},
-                                    seed=request_seed(cfg.seed, 20, i), tag=f"grounded:{s['id']}"))
+                                    seed=request_seed(cfg.seed, 20, i), json=True, tag=f"grounded:{s['id']}"))
         index = NearDupIndex(cfg.filters.near_dup)
         rows = []
         for s, res in zip(srcs, self.teacher.chat_many(reqs) if reqs else []):

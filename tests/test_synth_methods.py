@@ -292,3 +292,17 @@ def test_preferences_from_several_endpoints(tmp_path, srv, tc):
         assert sorted(provenance(pairs[0])["response_models"]) == ["fake", "fake-other"]
     else:
         assert list(rej["reason"]) == ["pref:tie"]
+
+
+def test_judge_works_when_endpoint_refuses_json_mode(tmp_path):
+    from orchard.synth.methods_config import JudgeConfig
+
+    sft = tmp_path / "sft"
+    write_split(sft, "train", [{"id": "r0", "seed_id": "s0", "provenance": "{}", "messages": [
+        {"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7"}]}])
+    with FakeTeacher(responder=responder, supports_json_format=False) as s:
+        tcfg = TeacherConfig(base_url=s.base_url, model="fake", max_retries=1)
+        man = api.judge_stage(sft, tmp_path / "j", tmp_path / "w", JudgeConfig(min_overall=None), tcfg)
+    kept, _ = _check_ledger(tmp_path / "j", man)
+    assert len(kept) == 1 and set(provenance(kept[0])["judge"]["scores"]) == {
+        "helpfulness", "correctness", "instruction_following", "honesty"}
