@@ -41,6 +41,7 @@ def teacher(
     seconds: float = typer.Option(60.0, help="Training time budget in seconds."),
     max_steps: int = typer.Option(None, help="Stop after this many steps (whichever comes first)."),
     seed: int = typer.Option(0, help="Random seed."),
+    clock: str = typer.Option("wall", help="'wall' or 'cpu': what --seconds counts ('cpu' on a busy machine)."),
 ) -> None:
     """Train a tiny teacher LLM from scratch on the prompts synth sends, to serve it offline.
 
@@ -48,6 +49,6 @@ def teacher(
     """
     from orchard.teacher_train import teacher_from_seeds
 
-    metrics = teacher_from_seeds(path, seeds, n=n, seconds=seconds, max_steps=max_steps, seed=seed)
+    metrics = teacher_from_seeds(path, seeds, n=n, seconds=seconds, max_steps=max_steps, seed=seed, clock=clock)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}, indent=2))
     typer.echo(f"teacher written to {path}")

@@ -73,6 +73,24 @@ def test_step_budget_is_deterministic_and_assistant_only(tmp_path):
     assert c["steps"] == 4 and (tmp_path / "c" / "model.safetensors").exists()
 
 
+def test_learns_next_token_exactly(tmp_path):
+    """A memorised reply comes back verbatim under greedy decoding (catches label-shift mistakes)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ex = [{"messages": [{"role": "user", "content": "Say the magic words."},
+                        {"role": "assistant", "content": "Task 4: open the green door."}]}] * 4
+    train_tiny_teacher(tmp_path / "m", ex, seconds=None, max_steps=60, seq_len=24, batch_size=4, lr=1e-2)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    enc = tok.apply_chat_template(ex[0]["messages"][:1], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    reply = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert reply == "Task 4: open the green door."
+
+
 def test_bad_examples_raise_input_error(tmp_path):
     with pytest.raises(InputError, match="no training examples"):
         train_tiny_teacher(tmp_path / "x", [], max_steps=1)
@@ -80,6 +98,8 @@ def test_bad_examples_raise_input_error(tmp_path):
         train_tiny_teacher(tmp_path / "x", [{"prompt": "hi"}], max_steps=1)
     with pytest.raises(InputError, match="role"):
         train_tiny_teacher(tmp_path / "x", [{"messages": [{"role": "bot", "content": "hi"}]}], max_steps=1)
+    with pytest.raises(InputError, match="clock"):
+        train_tiny_teacher(tmp_path / "x", _examples(2), max_steps=1, clock="sundial")
     with pytest.raises(InputError, match="never stops"):
         train_tiny_teacher(tmp_path / "x", _examples(2), seconds=None)
     assert not (tmp_path / "x").exists()
