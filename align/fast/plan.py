@@ -78,3 +78,36 @@ def apply(trainer, plan: FastPlan) -> dict:
         done["layers_not_checkpointed"] = plan.keep_layers
     done["liger"] = bool(trainer.args.use_liger_kernel)
     return done
+
+
+class FastPathCallback:
+    """The same patches as :func:`apply`, made from a TrainerCallback at ``on_train_begin`` (for code that can
+    pass callbacks to a stage but not touch its trainer). Liger still has to come from the trainer kwargs."""
+
+    def __new__(cls, plan: FastPlan):
+        from transformers import TrainerCallback
+
+        from . import unpad
+        from .checkpointing import PartialCheckpointing
+
+        class _CB(TrainerCallback):
+            def __init__(self):
+                self.plan = plan
+                self.partial = None
+
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                if not plan.enabled or model is None:
+                    return
+                if plan.unpad:
+                    unpad.enable(model)
+                if plan.keep_layers and args.gradient_checkpointing:
+                    rows = args.per_device_train_batch_size * (2 if hasattr(args, "beta") else 1)
+                    self.partial = PartialCheckpointing(plan.keep_layers, plan.memory_budget_gib,
+                                                        rows * (getattr(args, "max_length", None) or 2048))
+                    self.partial.on_train_begin(args, state, control, model=model)
+
+            def on_step_end(self, args, state, control, model=None, **kw):
+                if self.partial is not None:
+                    self.partial.on_step_end(args, state, control, model=model)
+
+        return _CB()
