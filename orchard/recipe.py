@@ -70,6 +70,15 @@ class PreferencesStageConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="fields of the source's own config")
 
 
+class WinRateConfig(_Strict):
+    """Judge win-rates at eval: the final policy against the SFT policy and the base, on held-out prompts."""
+
+    max_prompts: int | None = Field(64, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    include_base: bool = True
+    judge: dict[str, Any] = Field(default_factory=dict, description="synth PreferencesConfig fields for the judge")
+
+
 class RLAIFConfig(_Strict):
     rounds: int = Field(1, ge=1)
     sample: dict[str, Any] = Field(default_factory=dict, description="align SampleConfig fields")
@@ -115,6 +124,11 @@ def recipe_model():
             return base._one_way_to_name_endpoints(self)
 
     teacher_block = TeacherBlock
+
+    class EvalBlock(m["EvalConfig"]):
+        """align's evaluation, plus (with a teacher) judge win-rates composed by the runner."""
+
+        win_rate: WinRateConfig | None = None
     _RECIPE_MODEL = create_model(
         "Recipe",
         __config__=ConfigDict(extra="forbid"),
@@ -133,7 +147,7 @@ def recipe_model():
         preferences=(PreferencesStageConfig | None, None),
         dpo=(m["DPOConfig"] | None, None),
         rlaif=(RLAIFConfig | None, None),
-        eval=(m["EvalConfig"] | None, None),
+        eval=(EvalBlock | None, None),
     )
     return _RECIPE_MODEL
 

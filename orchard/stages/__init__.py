@@ -269,14 +269,58 @@ def _eval_inputs(recipe, run_dir):
         inputs["pairs"] = run_dir / "preferences"
     if recipe.dpo is not None:
         inputs["dpo"] = run_dir / "dpo"
-    return inputs
+    if recipe.rlaif is not None:
+        inputs["rlaif"] = run_dir / "rlaif"
+    return _with_served_teacher(recipe, run_dir, inputs) if _eval_needs_teacher(recipe) else inputs
+
+
+def _eval_needs_teacher(recipe) -> bool:
+    return recipe.eval is not None and recipe.eval.win_rate is not None
+
+
+def _final_policy(ctx: StageContext) -> Path | None:
+    if "rlaif" in ctx.inputs:
+        from orchard.dataio import read_manifest
+
+        return ctx.inputs["rlaif"] / read_manifest(ctx.inputs["rlaif"])["result"]["final_policy"]
+    return ctx.inputs.get("dpo")
 
 
 def _eval_run(ctx: StageContext) -> dict:
     from orchard.align.api import eval_stage
+    from orchard.align.config import EvalConfig
 
-    return eval_stage(ctx.inputs["data"], ctx.inputs.get("pairs"), ctx.inputs["sft"], ctx.inputs.get("dpo"),
-                      ctx.out_dir, ctx.work_dir, ctx.config)
+    block = ctx.config
+    cfg = EvalConfig.model_validate(block.model_dump(exclude={"win_rate"}))
+    final = _final_policy(ctx)
+    judged = None
+    if block.win_rate is not None and final is not None:
+        judged = _judge_win_rates(ctx, final, block.win_rate, cfg.split)
+    return eval_stage(ctx.inputs["data"], ctx.inputs.get("pairs"), ctx.inputs["sft"], final,
+                      ctx.out_dir, ctx.work_dir, cfg, judged=judged)
+
+
+def _judge_win_rates(ctx: StageContext, final: Path, wr, split: str) -> dict:
+    """align samples each policy on held-out prompts; synth's pairwise judge (both orders) picks winners."""
+    from orchard.align.api import sample_policies_stage
+    from orchard.align.config import SampleConfig
+    from orchard.synth.api import judge_candidates_stage
+    from orchard.synth.methods_config import PreferencesConfig
+
+    policies = {"final": final, "sft": ctx.inputs["sft"]}
+    if wr.include_base:
+        policies["base"] = None
+    cands = ctx.out_dir / "win_rate" / "candidates"
+    scfg = SampleConfig(num_completions=1, max_new_tokens=wr.max_new_tokens, split=split,
+                        max_prompts=wr.max_prompts, temperature=0.7)
+    res = sample_policies_stage(ctx.inputs["data"], policies, cands, ctx.work_dir / "win_rate", scfg)
+    judged = {}
+    jcfg = PreferencesConfig.model_validate(wr.judge)
+    for name in res["comparisons"]:
+        out = ctx.out_dir / "win_rate" / "judged" / name
+        judge_candidates_stage(cands / name, out, ctx.work_dir / "win_rate" / name, jcfg, ctx.teacher)
+        judged[name] = (out, cands / name)
+    return judged
 
 
 STAGES: dict[str, StageSpec] = {
@@ -295,5 +339,6 @@ STAGES: dict[str, StageSpec] = {
     "dpo": StageSpec("dpo", _dpo_inputs, _dpo_run),
     "rlaif": StageSpec("rlaif", _rlaif_inputs, _rlaif_run, needs_teacher=lambda r: True,
                        extra_fingerprint=_teacher_identity),
-    "eval": StageSpec("eval", _eval_inputs, _eval_run),
+    "eval": StageSpec("eval", _eval_inputs, _eval_run, needs_teacher=_eval_needs_teacher,
+                      extra_fingerprint=lambda r: _teacher_identity(r) if _eval_needs_teacher(r) else None),
 }
