@@ -49,6 +49,8 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
 _DUMMY_KEY = "sk-orchard-local-no-key"
 # A fresh endpoint failure streak this long takes the endpoint out of rotation for a while.
 _BREAKER_STREAK = 3
+# This many endpoint failures in a row, before any success, mean the teacher is down: stop the run.
+_DOWN_STREAK = 20
 # Paid answers that fail the JSON check (cut off, unparsable) are asked again at most this many times.
 _MAX_BAD_ANSWERS = 2
 
@@ -217,6 +219,7 @@ class Teacher:
         self._pending_hits: list[dict] = []
         self._stop: Optional[BaseException] = None
         self._started = 0  # paid logical calls started this session (budget.max_calls)
+        self._fail_streak = 0  # endpoint failures in a row, over all calls
         self._t0 = time.time()
         self._u = {
             "calls": 0,  # logical calls that reached the network
@@ -455,6 +458,7 @@ class Teacher:
                     raise _RequestFailed(f"{problem}, {acc['bad_answers']} answers in a row: not asking again")
                 raise self._fail(ep, problem, endpoint_fault=False)
         ep.streak = 0
+        self._fail_streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
 
     def _count_usage(self, acc: dict, usage, messages: list[dict], text) -> None:
@@ -469,7 +473,12 @@ class Teacher:
 
     # -- failures, retries, endpoints ----------------------------------------------------------------
     def _fail(self, ep: _Endpoint, reason: str, retry_after: Optional[float] = None,
-              endpoint_fault: bool = True) -> _Retryable:
+              endpoint_fault: bool = True, alive: bool = False) -> Exception:
+        """Count a failed attempt; the retryable error to raise, or TeacherError when the teacher seems down.
+
+        ``endpoint_fault``: the endpoint misbehaved (not the answer's content). ``alive``: it answered
+        sensibly (429), so it does not count towards "the teacher is down".
+        """
         ep.failures += 1
         kind = reason.split(" (")[0].split(":")[0]
         self._u["retries"][kind] = self._u["retries"].get(kind, 0) + 1
@@ -477,12 +486,19 @@ class Teacher:
         if retry_after is not None:
             # The endpoint asked everyone to back off: keep all requests off it until then.
             ep.down_until = max(ep.down_until, now + min(retry_after, self.config.max_retry_after_s))
-        elif endpoint_fault:
+        if endpoint_fault and not alive:
+            self._fail_streak += 1
+        if retry_after is None and endpoint_fault:
             ep.streak += 1
             if ep.streak >= _BREAKER_STREAK and len(self.endpoints) > 1:
                 ep.down_until = max(ep.down_until, now + min(30.0, 0.5 * 2 ** (ep.streak - _BREAKER_STREAK)))
         reason = self._redact(reason)
         log.debug("teacher retry: %s", reason)
+        if self._fail_streak >= max(_DOWN_STREAK, 3 * self.config.max_concurrency):
+            # Everything fails, over many requests: a down server or a wrong URL. Retrying each remaining
+            # request with backoff would take hours to say so; stop (resumable) and say it now.
+            return TeacherError(f"teacher failing: {self._fail_streak} failed attempts in a row over all "
+                                f"endpoints (last: {reason}); completed calls are saved, re-run to resume")
         return _Retryable(reason, retry_after=retry_after)
 
     def _status_error(self, e: openai.APIStatusError, ep: _Endpoint, used_rf: bool) -> Exception:
@@ -493,7 +509,7 @@ class Teacher:
             cap = self.config.max_retry_after_s
             if ra is not None and ra > cap:
                 # A quota, not a hiccup (e.g. "retry after 86400"): stalling the run for it helps nobody.
-                self._fail(ep, f"rate limited 429 ({ep.host})")
+                self._fail(ep, f"rate limited 429 ({ep.host})", alive=True)
                 ep.down_until = time.monotonic() + ra
                 now = time.monotonic()
                 if not any(x.dead is None and x.down_until <= now for x in self.endpoints):
@@ -502,7 +518,7 @@ class Teacher:
                         "calls are saved: re-run later to resume"
                     )
                 return _Retryable(f"rate limited 429 for {ra:.0f} s ({ep.host})", immediate=True)
-            return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=ra)
+            return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=ra, alive=True)
         if code in (408, 409) or code >= 500:
             return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(e.response.headers))
         if code in (400, 422) and used_rf and re.search(r"response_format|json", detail, re.I):

@@ -479,3 +479,13 @@ def test_two_processes_share_one_call_log(tmp_path):
         assert [p.wait(60) for p in procs] == [0, 0]
         assert srv.stats()["ok"] == 300
     assert len(CallLog(db).ok_keys()) == 300
+
+
+def test_a_down_teacher_stops_the_run_quickly_instead_of_retrying_every_item(tmp_path):
+    t = Teacher(cfg("http://127.0.0.1:9/v1", max_concurrency=4, backoff_base_s=0.05, backoff_max_s=0.2), None)
+    t0 = time.perf_counter()
+    with pytest.raises(TeacherError, match="teacher failing: 20 failed attempts in a row") as ei:
+        t.chat_many(reqs(200), progress=False)
+    assert time.perf_counter() - t0 < 10
+    assert "connection error" in str(ei.value) and "re-run to resume" in str(ei.value)
+    assert t.usage_summary()["http_requests"] < 40
