@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -237,6 +238,7 @@ def main() -> None:
             os.killpg(poc.pid, 15)
             poc.wait(timeout=30)
         stop_server(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nReview benchmark ({result['machine']['cpus']} CPUs)")
     if result.get("push_pull"):

@@ -251,6 +251,91 @@ def test_search_engine_filters_sort_paging_text_progress_similarity(server, clie
     assert len(sims) == 3 and sims == sorted(sims, reverse=True) and rows[5]["id"] not in ids(res)
 
 
+def test_review_stage_pending_then_done(server, client, tmp_path, monkeypatch):
+    from orchard.dataio import write_split
+    from orchard.review.api import review_stage
+    from orchard.review.config import ReviewConfig
+
+    monkeypatch.setenv("ORCHARD_TEST_KEY", server.api_key)
+    rows = [_sft_row(300 + i, s) for i, s in enumerate([5, 2, 4])]
+    write_split(tmp_path / "sft", "train", rows)
+    cfg = ReviewConfig.model_validate({"mode": "argilla", "argilla": {
+        "url": server.url, "api_key_env": "ORCHARD_TEST_KEY", "dataset": "stage", "workspace": "team"}})
+    first = review_stage(tmp_path / "sft", tmp_path / "out1", tmp_path / "work", cfg)
+    assert first["status"] == "pending" and first["counts"]["pending"] == 3 and "--from review" in first["message"]
+    assert first["push"]["pushed"] == 3
+    json.dumps(first)  # the runner writes it as the manifest
+    ds = client.datasets(name="stage", workspace=client.workspaces(name="team"))
+    ids = _server_ids(client, ds)
+    for row, decision in zip(rows, ["accept", "reject", "accept"]):
+        _respond(client, ids[row["id"]], {"decision": decision})
+    cfg.argilla.wait, cfg.argilla.wait_timeout_s = True, 30
+    second = review_stage(tmp_path / "sft", tmp_path / "out2", tmp_path / "work", cfg)
+    assert second["status"] == "done" and second["push"]["pushed"] == 0
+    assert (second["counts"]["accepted"], second["counts"]["rejected"]) == (2, 1)
+    assert {r["id"] for r in read_rows(tmp_path / "out2", "train")} == {rows[0]["id"], rows[2]["id"]}
+
+
+def _pref_row(i: int, orders_agree: bool = True) -> dict:
+    prompt = [{"role": "user", "content": f"Name a good apple for baking, variant {i}."}]
+    chosen = [{"role": "assistant", "content": f"Bramley {i}: tart and holds its shape."}]
+    rejected = [{"role": "assistant", "content": f"Anything {i}."}]
+    prov = {"method": "policy_sample", "pairwise": {"winner": "a", "orders_agree": orders_agree, "margin": 0.8}}
+    return {"id": content_hash([prompt, chosen, rejected]), "seed_id": "s", "prompt": prompt, "chosen": chosen,
+            "rejected": rejected, "provenance": json.dumps(prov)}
+
+
+def test_preference_push_and_pull(server, client, tmp_path):
+    from orchard.review.config import ArgillaReview
+    from orchard.review.push import push_rows
+    from orchard.review.workflow import pull
+
+    rows = [_pref_row(i, orders_agree=i != 3) for i in range(4)]
+    out = push_rows(client, rows, "prefs", "team")
+    assert out["kind"] == "preference" and out["pushed"] == 4
+    ds = client.datasets(name="prefs", workspace=client.workspaces(name="team"))
+    recs = {r.id: r for r in ds.records(with_suggestions=True)}
+    sides = {}
+    for row in rows:
+        rec = recs[row["id"]]
+        sides[row["id"]] = "a" if rec.fields["response_a"] == row["chosen"][0]["content"] else "b"
+        assert rec.suggestions["preference"].value == sides[row["id"]]  # the judge's winner, on screen
+        assert rec.metadata["review_priority"] == (1.0 if row is rows[3] else pytest.approx(0.2))
+    ids = _server_ids(client, ds)
+    flip = {"a": "b", "b": "a"}
+    picks = [sides[rows[0]["id"]], sides[rows[1]["id"]], flip[sides[rows[2]["id"]]], "tie"]
+    for row, pick in zip(rows, picks):
+        _respond(client, ids[row["id"]], {"preference": pick})
+    summary = pull(rows, tmp_path / "out", ArgillaReview(url=server.url, dataset="prefs", workspace="team",
+                                                          api_key_env="ORCHARD_TEST_KEY"), client=client)
+    assert (summary["counts"]["accepted"], summary["counts"]["ties"]) == (3, 1)
+    got = {r["id"]: r for r in read_rows(tmp_path / "out", "train")}
+    assert got[rows[2]["id"]]["chosen"] == rows[2]["rejected"]  # reviewers overturned the judge
+    assert got[rows[0]["id"]]["chosen"] == rows[0]["chosen"]
+    assert summary["judge_agreement"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_cli_status_and_push(server, client, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchard.dataio import write_split
+    from orchard.review.cli import app
+
+    monkeypatch.setenv("ORCHARD_TEST_KEY", server.api_key)
+    common = ["--url", server.url, "--api-key-env", "ORCHARD_TEST_KEY", "--workspace", "team"]
+    write_split(tmp_path / "d", "train", [_sft_row(400, 4), _sft_row(401, 2)])
+    r = CliRunner().invoke(app, ["push", str(tmp_path / "d"), "--dataset", "cli", *common])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["pushed"] == 2
+    ds = client.datasets(name="cli", workspace=client.workspaces(name="team"))
+    _respond(client, _server_ids(client, ds)[_sft_row(400, 4)["id"]], {"decision": "accept"})
+    r = CliRunner().invoke(app, ["status", "--dataset", "cli", *common])
+    assert r.exit_code == 0 and "cli: 1/2 completed, 1 pending" in r.stdout, r.output
+    assert "argilla: submitted 1" in r.stdout
+    r = CliRunner().invoke(app, ["status", "--dataset", "nope", *common])
+    assert r.exit_code == 2 and "no dataset 'nope'" in r.output
+
+
 def test_web_ui_signs_in_and_shows_the_queue(server, client):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -21,8 +21,8 @@ import orchard_sqlsearch  # noqa: E402,F401  (registers the engine before the ap
 
 
 def _sqlite_tuning() -> None:
-    """WAL lets the worker and the server write without locking readers out; the extra index serves the queue's
-    default order (responses already have a unique (record_id, user_id) index)."""
+    """WAL lets the worker and the server write without locking readers out; the extra indexes serve the review
+    queue (responses already have a unique (record_id, user_id) index)."""
     from sqlalchemy import text
 
     from argilla_server.database import sync_engine
@@ -32,6 +32,10 @@ def _sqlite_tuning() -> None:
     with sync_engine.begin() as conn:
         conn.execute(text("PRAGMA journal_mode=WAL"))
         conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_records_ds_inserted ON records (dataset_id, inserted_at)"))
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_records_ds_status ON records (dataset_id, status)"))
+        # The queue's default order (the judge's uncertainty, hardest first); the engine writes the same expression.
+        conn.execute(text("CREATE INDEX IF NOT EXISTS ix_orchard_records_priority "
+                          "ON records (dataset_id, json_extract(metadata, '$.review_priority'))"))
 
 
 def _skip_unwatched_events() -> None:
@@ -79,6 +83,7 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     _skip_unwatched_events()
+    _sqlite_tuning()  # idempotent; also brings databases made by older orchard versions up to date
     from argilla_server import app  # the same object `python -m argilla_server start` serves
 
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any, Dict, List, Optional, Union
 from uuid import UUID
 
@@ -228,9 +229,7 @@ class _Query:
                 raise ValueError(f"Cannot sort on record property {scope.property}")
             return column
         if isinstance(scope, MetadataFilterScope):
-            kind = self.metadata_types.get(scope.metadata_property)
-            expr = Record.metadata_[scope.metadata_property]
-            return expr.as_string() if kind == MetadataPropertyType.terms else expr.as_float()
+            return _metadata_sort_expr(scope.metadata_property, self.metadata_types.get(scope.metadata_property))
         if isinstance(scope, SuggestionFilterScope):
             if scope.property == "agent":
                 col = Suggestion.agent
@@ -264,9 +263,38 @@ class _Query:
                 key = self.sort_key(order.scope)
                 clauses.append((key.desc() if order.order == SortOrder.desc else key.asc()).nulls_last())
         elif PRIORITY_METADATA in self.metadata_types:
-            clauses.append(Record.metadata_[PRIORITY_METADATA].as_float().desc().nulls_last())
+            key = _metadata_sort_expr(PRIORITY_METADATA, MetadataPropertyType.float)
+            # SQLite already puts NULLs last in DESC order, and an explicit NULLS LAST would hide the index.
+            clauses.append(key.desc() if _dialect() == "sqlite" else key.desc().nulls_last())
         clauses += [Record.inserted_at.asc(), Record.id.asc()]
         return clauses
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _metadata_sort_expr(name: str, kind) -> ColumnElement:
+    """A metadata value to sort on. On SQLite the JSON path is written literally (not bound), so that an
+    expression index such as the launcher's on `review_priority` can serve the ORDER BY ... LIMIT."""
+    if _dialect() == "sqlite" and _SAFE_NAME.match(name):
+        return func.json_extract(Record.metadata_, literal_column(f"'$.{name}'"))
+    expr = Record.metadata_[name]
+    return expr.as_string() if kind == MetadataPropertyType.terms else expr.as_float()
+
+
+def _pending_for_user(flt) -> Optional[tuple]:
+    """(user, other filters) when `flt` asks for records a user has not answered yet (the review queue)."""
+    if flt is None:
+        return None
+    filters = list(flt.filters) if isinstance(flt, AndFilter) else [flt]
+    pending = [
+        f for f in filters
+        if isinstance(f, TermsFilter) and isinstance(f.scope, ResponseFilterScope) and f.scope.property == "status"
+        and not f.scope.question and f.scope.user is not None and [str(v) for v in f.values] == ["pending"]
+    ]
+    if len(pending) != 1 or any(isinstance(f, AndFilter) for f in filters):
+        return None
+    return pending[0].scope.user, [f for f in filters if f is not pending[0]]
 
 
 def _root_text(col) -> ColumnElement:
@@ -357,7 +385,7 @@ class OrchardSQLSearchEngine(SearchEngine):
             return {}
         async with AsyncSessionLocal() as db:
             rows = await db.execute(
-                select(Record.status, func.count(Record.id)).where(Record.dataset_id == dataset.id).group_by(Record.status)
+                select(Record.status, func.count()).where(Record.dataset_id == dataset.id).group_by(Record.status)
             )
             counts = {str(status): n for status, n in rows.all()}
         return {"total": sum(counts.values()), **counts}
@@ -417,12 +445,31 @@ class OrchardSQLSearchEngine(SearchEngine):
     ) -> SearchResponses:
         async with AsyncSessionLocal() as db:
             q, where = await self._where(db, dataset, query, filter)
-            total = (await db.execute(select(func.count(Record.id)).where(*where))).scalar_one()
+            total = await self._count(db, q, dataset, query, filter, where)
             ids = (
                 await db.execute(select(Record.id).where(*where).order_by(*q.order_by(sort)).offset(offset).limit(limit))
             ).scalars().all()
         score = None if sort else 1.0
         return SearchResponses(items=[SearchResponseItem(record_id=i, score=score) for i in ids], total=total)
+
+    @staticmethod
+    async def _count(db, q: "_Query", dataset: Dataset, query, filter, where: list) -> int:
+        queue = _pending_for_user(filter) if query is None else None
+        if queue is None:
+            return (await db.execute(select(func.count()).select_from(Record).where(*where))).scalar_one()
+        # The review queue: "not answered by me" = all matching records minus those I answered (a user has at
+        # most one response per record). Two index-friendly counts instead of a NOT EXISTS probe per record.
+        user, rest = queue
+        base = [Record.dataset_id == dataset.id] + [q.filter(f) for f in rest]
+        # count(*) rather than count(id): SQLite then answers from the (dataset_id, status) index alone.
+        everything = (await db.execute(select(func.count()).select_from(Record).where(*base))).scalar_one()
+        answered = (
+            await db.execute(
+                select(func.count()).select_from(Response).join(Record, Record.id == Response.record_id)
+                .where(Response.user_id == user.id, *base)
+            )
+        ).scalar_one()
+        return everything - answered
 
     async def similarity_search(
         self,
