@@ -45,6 +45,13 @@ def instance_answer(input_text: str, output: str, classification: bool) -> str:
     return f"Input: {inp}\nOutput: {output.strip()}"
 
 
+def strip_template_echo(item: str, prompt: str) -> str:
+    """Drop lines of ``item`` that repeat the prompt's own instruction lines (small models echo the footer,
+    e.g. "Write them one per line, starting at Task 4:")."""
+    own = {ln.strip().lower() for ln in prompt.splitlines() if ln.strip() and not re.match(r"\s*Task \d+:", ln)}
+    return "\n".join(ln for ln in item.splitlines() if ln.strip().lower() not in own).strip()
+
+
 def request_seed(base: int, *parts: int) -> int:
     """A per-request seed derived from the config seed (stable across runs and Python versions)."""
     return int(content_hash([base, *parts], n=8), 16) % (2**31 - 1)
@@ -95,8 +102,13 @@ class SelfInstruct:
                 for frag, reason in bad:
                     ledger.count("generated")
                     ledger.reject(frag, reason, "bootstrap", detail={"round": rnd})
-                for text in items:
+                prompt = reqs[p].messages[0]["content"]
+                for raw in items:
                     ledger.count("generated")
+                    text = strip_template_echo(raw, prompt)
+                    if not text:
+                        ledger.reject(raw, "parse:template_echo", "bootstrap", detail={"round": rnd})
+                        continue
                     if len(machine) >= cfg.num:
                         ledger.reject(text, "over_target", "bootstrap", detail={"round": rnd})
                         continue

@@ -111,6 +111,15 @@ def test_parsers_on_messy_output():
     assert parse_pairwise("After thought, the winner is Response B.") == "b"
 
 
+def test_template_echo_is_cut_from_tasks():
+    from orchard.synth.self_instruct import bootstrap_prompt, strip_template_echo
+    from orchard.synth.templates import load_template
+
+    p = bootstrap_prompt(["Sort the list.", "Name a color."], 2, load_template("self_instruct_bootstrap"))
+    assert strip_template_echo("Write a question.\nWrite them one per line, starting at Task 3:", p) == "Write a question."
+    assert strip_template_echo("Come up with 2 new tasks, different from these:", p) == ""
+
+
 def test_teacher_training_examples_parse_with_real_parsers():
     from orchard.synth.parsing import parse_instance, parse_tasks, parse_yes_no
 
