@@ -114,9 +114,22 @@ class CallLog:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT DISTINCT key FROM calls WHERE status='ok' AND cached=0")}
 
-    def recent(self, limit: int = 20) -> list[dict]:
+    def recent(self, limit: int = 20, status: Optional[str] = None, tag_prefix: Optional[str] = None) -> list[dict]:
+        """Newest rows first; ``status`` ok/error/cached and ``tag_prefix`` filter them."""
+        where, args = [], []
+        if status == "cached":
+            where.append("cached=1")
+        elif status in ("ok", "error"):
+            where += ["status=?", "cached=0"]
+            args.append(status)
+        elif status is not None:
+            raise ValueError(f"status must be ok, error or cached, not {status!r}")
+        if tag_prefix:
+            where.append("tag LIKE ? ESCAPE '\\'")
+            args.append(tag_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        sql = "SELECT * FROM calls" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
         with self._lock:
-            rows = self._db.execute("SELECT * FROM calls ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [dict(r) for r in rows]
 
     def summary(self, since_id: int = 0) -> dict:

@@ -26,15 +26,21 @@ def calls(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
     summary_only: bool = typer.Option(False, "--summary", help="print only the summary"),
     full: bool = typer.Option(False, "--full", help="with --json: include request and response text"),
+    status: Optional[str] = typer.Option(None, "--status", help="only calls with this status: ok, error or cached"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="only calls whose tag starts with this (e.g. evol:)"),
 ) -> None:
     """List recent teacher calls and summarise them: count, ok/errors, cache hits, tokens, cost, p50/p95 latency.
 
     Example: orchard synth calls --db runs/quickstart --limit 10 --summary
+
+    Example: orchard synth calls --status error --tag evol: --json
     """
     try:
         path = find_call_log(db)
         log = CallLog(path, readonly=True)
-        rows = [] if summary_only else log.recent(limit)
+        if status not in (None, "ok", "error", "cached"):
+            raise InputError(f"must be ok, error or cached, not {status!r}", field="--status")
+        rows = [] if summary_only else log.recent(limit, status=status, tag_prefix=tag)
         summ = log.summary()
         log.close()
     except FileNotFoundError as e:

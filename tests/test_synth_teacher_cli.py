@@ -72,3 +72,16 @@ def test_calls_missing_db_is_input_error(tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     r = CliRunner().invoke(_app(), ["calls", "--db", str(tmp_path / "junk.sqlite")])
     assert isinstance(r.exception, InputError) and "not a teacher call log" in str(r.exception)
+
+
+def test_calls_filters_by_status_and_tag(run_dir):
+    r = CliRunner().invoke(_app(), ["calls", "--db", str(run_dir), "--json", "--status", "error"])
+    calls = json.loads(r.output)["calls"]
+    assert len(calls) == 1 and calls[0]["status"] == "error" and calls[0]["tag"] == "t1"
+    assert "HTTP 400" in calls[0]["error"]
+    r = CliRunner().invoke(_app(), ["calls", "--db", str(run_dir), "--json", "--status", "cached"])
+    assert len(json.loads(r.output)["calls"]) == 2
+    r = CliRunner().invoke(_app(), ["calls", "--db", str(run_dir), "--json", "--tag", "t1"])
+    assert {c["tag"] for c in json.loads(r.output)["calls"]} == {"t1"}
+    r = CliRunner().invoke(_app(), ["calls", "--db", str(run_dir), "--status", "bogus"])
+    assert isinstance(r.exception, InputError) and "--status" in str(r.exception)
