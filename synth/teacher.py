@@ -239,7 +239,7 @@ class Teacher:
     async def achat(self, messages: list[dict], *, seed: Optional[int] = None, sample: int = 0,
                     tag: Optional[str] = None, json: Optional[bool] = None, **params) -> ChatResult:
         """One chat completion (cached, retried, budgeted). Raises BudgetExhausted or TeacherError."""
-        req = ChatRequest(messages=messages, params=params, seed=seed, sample=sample, tag=tag, json=json)
+        req = _as_request(ChatRequest(messages=messages, params=params, seed=seed, sample=sample, tag=tag, json=json))
         try:
             return await self._run_one(req)
         finally:
@@ -712,14 +712,25 @@ def _error_detail(e: openai.APIStatusError) -> str:
     return str(getattr(e, "message", e))[:300]
 
 
+_NOT_PARAMS = {
+    "model": "the config names the model", "messages": "pass messages, not a param", "stream": "not supported",
+    "response_format": "use json=True", "seed": "use ChatRequest.seed", "n": "one choice per call; use seeds",
+}
+
+
 def _as_request(r) -> ChatRequest:
-    if isinstance(r, ChatRequest):
-        return r
     if isinstance(r, dict):
         if "messages" not in r:
             raise ValueError("a request dict needs 'messages'")
-        return ChatRequest(**r)
-    raise TypeError(f"expected ChatRequest or dict, got {type(r).__name__}")
+        r = ChatRequest(**r)
+    if not isinstance(r, ChatRequest):
+        raise TypeError(f"expected ChatRequest or dict, got {type(r).__name__}")
+    bad = sorted(set(r.params) & set(_NOT_PARAMS))
+    if bad:
+        raise ValueError("; ".join(f"param {k!r}: {_NOT_PARAMS[k]}" for k in bad))
+    if not isinstance(r.messages, list) or not r.messages:
+        raise ValueError("messages must be a non-empty list of {role, content}")
+    return r
 
 
 def _split_kw(kw: dict) -> dict:

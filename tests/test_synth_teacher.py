@@ -489,3 +489,13 @@ def test_a_down_teacher_stops_the_run_quickly_instead_of_retrying_every_item(tmp
     assert time.perf_counter() - t0 < 10
     assert "connection error" in str(ei.value) and "re-run to resume" in str(ei.value)
     assert t.usage_summary()["http_requests"] < 40
+
+
+def test_request_params_that_would_break_accounting_are_refused():
+    t = Teacher(cfg("http://127.0.0.1:9/v1"), None)
+    for bad, msg in [({"n": 3}, "one choice per call"), ({"stream": True}, "not supported"),
+                     ({"response_format": {"type": "json_object"}}, "json=True")]:
+        with pytest.raises(ValueError, match=msg):
+            t.chat_many([ChatRequest([{"role": "user", "content": "x"}], params=bad)], progress=False)
+    with pytest.raises(ValueError, match="non-empty list"):
+        t.chat_many([{"messages": []}], progress=False)
