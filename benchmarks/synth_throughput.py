@@ -212,7 +212,8 @@ def main(argv=None) -> dict:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "openai": openai.__version__,
                     "loadavg": os.getloadavg()},
-        "params": {"n": n, "concurrency": conc, "repeats": a.repeats, "server": f"tests/fake_teacher.py, zero latency, {a.server_workers} process(es)"},
+        "params": {"n": n, "concurrency": conc, "repeats": a.repeats,
+                   "server": f"tests/fake_teacher.py, zero latency, {a.server_workers} process(es)"},
         "rows": rows,
         "orchard_overhead_us_per_call": micro,
     }

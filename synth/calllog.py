@@ -149,7 +149,8 @@ class CallLog:
             lat = [
                 r[0]
                 for r in self._db.execute(
-                    "SELECT latency_s FROM calls WHERE id > ? AND cached=0 AND latency_s IS NOT NULL ORDER BY latency_s",
+                    "SELECT latency_s FROM calls WHERE id > ? AND cached=0 AND latency_s IS NOT NULL "
+                    "ORDER BY latency_s",
                     (since_id,),
                 )
             ]

@@ -383,7 +383,8 @@ class Teacher:
         res.latency_s = time.perf_counter() - t0
         res.usage = {"prompt_tokens": acc["prompt_tokens"], "completion_tokens": acc["completion_tokens"]}
         b = cfg.budget
-        res.cost_usd = (acc["prompt_tokens"] * b.price_per_1k_input + acc["completion_tokens"] * b.price_per_1k_output) / 1000
+        res.cost_usd = (acc["prompt_tokens"] * b.price_per_1k_input
+                        + acc["completion_tokens"] * b.price_per_1k_output) / 1000
         if res.endpoint is None and acc["last_ep"] is not None:
             res.endpoint, res.model = acc["last_ep"].host, acc["last_ep"].cfg.model
         return res

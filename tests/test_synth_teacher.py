@@ -383,7 +383,8 @@ def test_config_validation_messages(bad, msg):
 
 
 def test_provenance_has_hosts_not_keys():
-    c = TeacherConfig(endpoints=[{"base_url": "http://a:1/v1", "model": "m"}, {"base_url": "https://b/v1", "model": "m"}])
+    c = TeacherConfig(endpoints=[{"base_url": "http://a:1/v1", "model": "m"},
+                                 {"base_url": "https://b/v1", "model": "m"}])
     assert c.provenance() == {"model": "m", "hosts": ["a:1", "b"]}
 
 
