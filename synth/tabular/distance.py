@@ -21,7 +21,7 @@ from sklearn.neighbors import NearestNeighbors
 
 NUMERIC = ("numerical", "datetime")
 CATEGORICAL = ("categorical", "boolean")
-_CHUNK_ELEMENTS = 2_000_000  # bounded memory: distances held per chunk (x 8 bytes, a few arrays)
+_CHUNK_ELEMENTS = 500_000  # distances per chunk: 4 MB blocks stay cache-friendly (measured fastest of 0.1M-2M)
 _MAX_TREE_DIMS = 12  # KD-trees prune well only in few dimensions
 
 

@@ -61,10 +61,10 @@ def fit_sample(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Tabula
     _seed_everything(config.seed)
     if config.dp_epsilon is not None:
         return _fit_sample_dp(plan, train, n_rows, config)
-    synth = build_synthesizer(plan, config)
     with warnings.catch_warnings():
         # SDV's advice to save metadata and to buy range extrapolation is noise in a stage's log.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"sdv\.")
+        synth = build_synthesizer(plan, config)
         # SDV 2 fits on a dict of tables and samples a dict back.
         synth.fit({TABLE: train})
         out = synth.sample(num_rows=n_rows)
@@ -85,10 +85,21 @@ def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Ta
         raise InputError(
             f"the DP synthesizer models only statistical columns; drop or fake these first: {others}", field="dp_epsilon"
         )
-    cats = [c for c, t in cols.items() if t in ("categorical", "boolean")]
+    # MST models marginals of discrete columns: numbers with few distinct values are treated as categories
+    # (a choice made from the data, like SDV's metadata detection: not covered by epsilon), the others
+    # are binned with bounds found under a share of the budget.
+    cats = [c for c, t in cols.items() if t in ("categorical", "boolean") or train[c].nunique() <= 32]
     conts = [c for c in cols if c not in cats]
-    # MST is a marginal-based DP synthesizer; continuous columns are binned with part of the budget.
     synth = Synthesizer.create("mst", epsilon=eps)
-    synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=eps * 0.1 if conts else 0.0)
+    try:
+        synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=eps * 0.3 if conts else 0.0)
+    except ValueError as e:
+        if "bounds" not in str(e):
+            raise
+        raise InputError(
+            f"the DP synthesizer could not find bounds for the continuous columns {conts} under epsilon {eps} "
+            f"({e}); raise dp_epsilon, or drop or coarsen continuous columns",
+            field="dp_epsilon",
+        ) from None
     out = synth.sample(n_rows)
     return pd.DataFrame(out)[list(train.columns)].reset_index(drop=True)

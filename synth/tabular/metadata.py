@@ -182,7 +182,8 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
         check_col(pk, "primary_key")
         if table_meta["columns"][pk]["sdtype"] in STATISTICAL + ("ordinal",):
             metadata.update_column(pk, table_name=TABLE, sdtype="id")
-        metadata.set_primary_key(pk, table_name=TABLE)
+        if table_meta.get("primary_key") != pk:
+            metadata.set_primary_key(pk, table_name=TABLE)
 
     constraints = []
     for i, c in enumerate(spec.get("constraints") or []):
