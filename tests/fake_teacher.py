@@ -17,6 +17,7 @@ import argparse
 import collections
 import contextlib
 import email.utils
+import hashlib
 import json
 import random
 import signal
@@ -34,6 +35,11 @@ FAULTS = (
     "ok", "500", "503", "429", "429date", "timeout", "malformed", "truncated", "empty_choices",
     "empty_content", "empty_length", "refusal", "drop", "400", "401", "404",
 )
+
+
+def request_hash(body: dict) -> str:
+    """A stable hash of a chat request body (key order does not matter)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
 
 
 def default_responder(messages: list[dict], body: dict) -> str:
@@ -116,6 +122,9 @@ class FakeTeacher:
             self.inflight = 0
             self.max_inflight = 0
             self.requests_by_prompt: collections.Counter = collections.Counter()
+            # Keyed by a hash of the whole request body (model, messages, sampling params, seed).
+            self.requests_by_hash: collections.Counter = collections.Counter()
+            self.ok_by_hash: collections.Counter = collections.Counter()
             self.ok_by_prompt: collections.Counter = collections.Counter()
             self.faults_seen: collections.Counter = collections.Counter()
             self.response_format_requests = 0
@@ -130,6 +139,7 @@ class FakeTeacher:
             return {
                 "requests": self.requests, "ok": self.ok, "max_inflight": self.max_inflight,
                 "requests_by_prompt": dict(self.requests_by_prompt), "ok_by_prompt": dict(self.ok_by_prompt),
+                "requests_by_hash": dict(self.requests_by_hash), "ok_by_hash": dict(self.ok_by_hash),
                 "faults": dict(self.faults_seen), "response_format_requests": self.response_format_requests,
                 "max_tokens_seen": list(self.max_tokens_seen),
             }
@@ -169,7 +179,9 @@ class FakeTeacher:
     def _chat(self, h: "_Handler", body: dict) -> None:
         messages = body.get("messages") or []
         prompt = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        rhash = request_hash(body)
         with self._lock:
+            self.requests_by_hash[rhash] += 1
             self.requests += 1
             if self.shared is not None:
                 with self.shared.get_lock():
@@ -190,12 +202,12 @@ class FakeTeacher:
                 self.faults_seen[fault] += 1
             if self.latency_s:
                 time.sleep(self.latency_s)
-            self._answer(h, body, messages, prompt, fault)
+            self._answer(h, body, messages, prompt, fault, rhash)
         finally:
             with self._lock:
                 self.inflight -= 1
 
-    def _answer(self, h, body, messages, prompt, fault) -> None:
+    def _answer(self, h, body, messages, prompt, fault, rhash) -> None:
         plan = self.faults
         if fault in ("500", "503"):
             return h.send_json(int(fault), {"error": {"message": "internal error", "type": "server_error"}})
@@ -261,6 +273,7 @@ class FakeTeacher:
                     with self.shared.get_lock():
                         self.shared[1] += 1
                 self.ok_by_prompt[prompt] += 1
+                self.ok_by_hash[rhash] += 1
 
 
 class _Server(ThreadingHTTPServer):

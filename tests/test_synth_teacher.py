@@ -59,6 +59,7 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path)
     # Server side: every prompt completed successfully exactly once.
     assert st["ok"] == 1000
     assert set(st["ok_by_prompt"].values()) == {1}
+    assert len(st["ok_by_hash"]) == 1000 and set(st["ok_by_hash"].values()) == {1}
     # Every kind of fault was met and survived.
     for f in plan.probs:
         assert st["faults"].get(f, 0) > 0, f
