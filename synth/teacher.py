@@ -316,6 +316,13 @@ class Teacher:
             n=32,
         )
 
+    async def aclose(self) -> None:
+        """Close this event loop's HTTP connections (for ``achat`` users; ``chat_many`` does it itself)."""
+        st = self._states.pop(asyncio.get_running_loop(), None)
+        if st is not None:
+            await asyncio.gather(*(c.close() for c in st.clients.values()), return_exceptions=True)
+        self._flush_hits()
+
     def close(self) -> None:
         self._flush_hits()
         self.log.close()
@@ -604,9 +611,7 @@ class Teacher:
         try:
             return await self.arun(requests, progress=progress)
         finally:
-            st = self._states.pop(asyncio.get_running_loop(), None)
-            if st is not None:
-                await asyncio.gather(*(c.close() for c in st.clients.values()), return_exceptions=True)
+            await self.aclose()
 
     # -- budget, params, bookkeeping -----------------------------------------------------------------
     def _check_budget(self) -> None:

@@ -348,8 +348,11 @@ def test_missing_key_for_a_remote_endpoint_is_a_clear_error(monkeypatch):
 
 def test_achat_concurrency_is_bounded():
     async def go(t):
-        return await asyncio.gather(*(t.achat([{"role": "user", "content": f"c {i}"}], tag=str(i))
-                                      for i in range(40)))
+        try:
+            return await asyncio.gather(*(t.achat([{"role": "user", "content": f"c {i}"}], tag=str(i))
+                                          for i in range(40)))
+        finally:
+            await t.aclose()
 
     with FakeTeacher(latency_s=0.02) as srv:
         t = Teacher(cfg(srv.base_url, max_concurrency=5), None)
