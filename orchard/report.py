@@ -15,7 +15,9 @@ _HEADLINE_KEYS = (
     "seeds", "generated", "kept", "rejected", "accepted", "train", "test", "test_fraction", "pairs",
     "train_loss", "eval_loss", "eval_perplexity", "final_eval_loss", "steps", "rewards/margins",
     "train_margin_before", "train_margin_after", "heldout_accuracy", "gate_passed", "calls", "cost_usd",
+    "train_pairs", "test_pairs", "train_pairs_margin", "test_margin", "test_accuracy", "test_loss", "passed",
 )
+_HEADLINE_GROUPS = ("loss", "perplexity", "reward_accuracy", "reward_margin", "win_rates")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -44,7 +46,8 @@ def write_run_report(run_dir: str | Path, stages: list[str]) -> Path:
         m = read_manifest(run_dir / name)
         res = m.get("result", {})
         flat = _flatten(res)
-        head = [f"{k}={_fmt(v)}" for k, v in flat.items() if k.split(".")[-1] in _HEADLINE_KEYS][:8]
+        head = [f"{k}={_fmt(v)}" for k, v in flat.items()
+                if k.split(".")[-1] in _HEADLINE_KEYS or k.split(".")[0] in _HEADLINE_GROUPS][:10]
         lines.append(f"| {name} | {m.get('seconds', 0):.1f} | {', '.join(head) or '—'} |")
         sec = [f"## {name}", "", f"Output: `{name}/`  ·  fingerprint `{m.get('fingerprint', '')[:12]}`", ""]
         for png in sorted((run_dir / name).rglob("*.png")):

@@ -188,6 +188,8 @@ class Runner:
 
     def _finish(self, name, tmp, fp, input_hashes, config, started, t0, result) -> None:
         """Write the manifest into the temporary output folder (renamed into place by the caller)."""
+        # Paths a stage reports point into the temporary folder; name the final place instead.
+        result = json.loads(json.dumps(result, default=str).replace(str(tmp), str(self.stage_dir(name))))
         seconds = time.perf_counter() - t0
         manifest = {
             "stage": name,

@@ -105,7 +105,7 @@ def _with_served_teacher(recipe, run_dir, inputs: dict) -> dict:
 
 
 def _synth_inputs(recipe, run_dir):
-    inputs = {"seeds": run_dir / "seeds"}
+    inputs = {"seeds": run_dir / "seeds"} if recipe.seeds is not None else {}
     if recipe.tabular is not None:
         inputs["records"] = run_dir / "tabular"
     return _with_served_teacher(recipe, run_dir, inputs)
@@ -128,10 +128,12 @@ def _synth_run(ctx: StageContext) -> dict:
     from orchard.synth.api import instructions_stage
 
     cfg = ctx.config
-    if cfg.method == "grounded" and cfg.grounded.table is None and "records" in ctx.inputs:
-        # Ground on the rows this run's tabular stage made (synth re-checks their privacy gate itself).
-        cfg = cfg.model_copy(update={"grounded": cfg.grounded.model_copy(update={"table": ctx.inputs["records"]})})
-    return instructions_stage(ctx.inputs["seeds"], ctx.out_dir, ctx.work_dir, cfg, ctx.teacher)
+    table = cfg.grounded.table
+    if table is not None and str(table).startswith("run:"):
+        # 'run:tabular' = the rows this run's tabular stage made (synth re-checks their privacy gate itself).
+        cfg = cfg.model_copy(update={"grounded": cfg.grounded.model_copy(
+            update={"table": ctx.run_dir / str(table)[4:]})})
+    return instructions_stage(ctx.inputs.get("seeds"), ctx.out_dir, ctx.work_dir, cfg, ctx.teacher)
 
 
 # ---------------------------------------------------------------- review
