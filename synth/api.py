@@ -7,9 +7,15 @@ killed stage re-run replays every completed call for free.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
-from .methods_config import SelfInstructConfig, SynthConfig
+from orchard.dataio import content_hash, read_rows, write_split
+from orchard.errors import InputError
+
+from .ledger import Ledger
+from .methods_config import JudgeConfig, PreferencesConfig, SeedsConfig, SelfInstructConfig, SynthConfig
 
 # Self-Instruct settings a tiny teacher (128-256 tokens of context) can follow; pass the same values in the
 # quickstart's SynthConfig so the prompts it is trained on are the prompts it will be sent.
@@ -34,15 +40,6 @@ def teacher_training_examples(seeds: list[dict], n: int, seed: int = 0,
 
 
 # -- stages -----------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from orchard.dataio import content_hash, read_rows, write_split  # noqa: E402
-from orchard.errors import InputError  # noqa: E402
-
-from .ledger import Ledger  # noqa: E402
-from .methods_config import JudgeConfig, PreferencesConfig, SeedsConfig  # noqa: E402
 
 
 def _open_teacher(teacher, work_dir: Path, use_cache: bool):
