@@ -47,12 +47,35 @@ def _relaunch(config: Path, num_processes: Optional[int]) -> None:
     # sys.argv[0] may be the `orchard` script: drop everything before the align sub-command.
     if "align" in rest:
         rest = rest[rest.index("align") + 1:]
+    cmd, env = launch_command(config, num_processes, rest)
+    typer.echo("+ " + " ".join(cmd), err=True)
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+def launch_command(config: Path, num_processes: Optional[int], args: list[str]) -> tuple[list[str], dict]:
+    """The command that re-runs ``orchard.align.cli ARGS`` distributed as ``config`` says.
+
+    accelerate's MULTI_CPU launcher needs mpirun and a hostfile; for several CPU processes on one host we
+    start torch.distributed.run instead (gloo backend), with accelerate told to stay on the CPU.
+    """
+    import yaml
+
+    try:
+        acc = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"cannot read accelerate config {config}: {e}")
+    n = num_processes or int(acc.get("num_processes", 1))
+    env = dict(os.environ)
+    if acc.get("use_cpu") and acc.get("distributed_type") == "MULTI_CPU" and not acc.get("mpirun_config"):
+        env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+               "--master_addr", str(acc.get("main_process_ip", "127.0.0.1")),
+               "--master_port", str(acc.get("main_process_port", 29500)), "-m", "orchard.align.cli", *args]
+        return cmd, env
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
-    cmd += ["-m", "orchard.align.cli", *rest]
-    typer.echo("+ " + " ".join(cmd), err=True)
-    raise typer.Exit(subprocess.call(cmd))
+    return cmd + ["-m", "orchard.align.cli", *args], env
 
 
 def _run(fn, out: Path, *args, name: str, config, inputs: dict, work_dir: Optional[Path], **kw) -> dict:

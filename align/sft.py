@@ -73,6 +73,10 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     if early:
         cbs.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     cbs += list(callbacks or [])
+    # TRL creates the LoRA weights before Trainer seeds anything: seed here so runs (and ranks) are reproducible.
+    from transformers import set_seed
+
+    set_seed(config.seed)
     trainer = keep_dtype_on_resume(SFTTrainer)(
         model=model,
         args=args,
