@@ -41,8 +41,14 @@ class TabularStageConfig(_Strict):
 class TeacherModelConfig(_Strict):
     """Build and train the tiny offline teacher (quickstart only): it speaks the teacher prompts' format."""
 
-    seconds: float = Field(60, gt=0)
+    seconds: float | None = Field(60, gt=0, description="training budget (see clock); null: train max_steps")
+    max_steps: int | None = Field(None, ge=1)
+    clock: Literal["wall", "cpu"] = Field("cpu", description="cpu: a loaded machine trains as many steps, slower")
     examples: int = Field(3000, ge=10)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(128, ge=16)
+    learning_rate: float = Field(3e-3, gt=0)
+    assistant_only: bool = False
     seed: int = 0
 
 

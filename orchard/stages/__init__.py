@@ -91,7 +91,9 @@ def _teacher_model_run(ctx: StageContext) -> dict:
     seeds = read_rows(ctx.inputs["seeds"])
     # The teacher learns exactly the prompts this recipe's synth stage will send.
     examples = teacher_training_examples(seeds, cfg.examples, seed=cfg.seed, config=ctx.recipe.synth)
-    return train_tiny_teacher(ctx.out_dir / "model", examples, seconds=cfg.seconds, seed=cfg.seed)
+    return train_tiny_teacher(ctx.out_dir / "model", examples, seconds=cfg.seconds, max_steps=cfg.max_steps,
+                              clock=cfg.clock, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                              lr=cfg.learning_rate, assistant_only=cfg.assistant_only, seed=cfg.seed)
 
 
 # ---------------------------------------------------------------- synth
