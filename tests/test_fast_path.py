@@ -176,3 +176,29 @@ def test_trl_trainers_same_losses_through_benchmark(tmp_path):
         assert len(p) == len(f) == 3
         assert f == pytest.approx(p, abs=1e-4)
         assert res[f"fast_{stage}"]["tokens_timed"] == res[f"plain_{stage}"]["tokens_timed"]  # same batches
+
+
+def test_kept_layers_survive_checkpointing_reenabled():
+    """TRL's DPO turns checkpointing off and on around every reference forward; kept layers must stay kept."""
+    model = _tiny_peft()
+    base = model.get_base_model()
+    base.gradient_checkpointing_enable({"use_reentrant": False})
+    assert checkpointing.set_kept_layers(model, 2) == 2
+    base.gradient_checkpointing_disable()
+    base.gradient_checkpointing_enable({"use_reentrant": False})
+    layers = unpad.backbone(model).layers
+    assert [lay.gradient_checkpointing for lay in layers] == [True, False, False]
+    assert checkpointing.reset_kept_layers(model) == 2
+    assert type(layers[2]).__name__ == "LlamaDecoderLayer"
+
+
+def test_auto_keep_fits_the_budget():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32)
+    per_layer = checkpointing.layer_bytes_per_token(cfg) * 8192 / 2**30  # 4 x 2,048 tokens: ~1.5 GiB
+    assert 1.4 < per_layer < 1.6
+    # 9 GiB measured after step 1, 16 GiB budget, 1 GiB margin: room for 6 GiB -> 4 layers of 1.5 GiB
+    assert checkpointing.auto_keep(16.0, 9.0, 8192, cfg, 32) == 4
+    assert checkpointing.auto_keep(16.0, 15.5, 8192, cfg, 32) == 0
+    assert checkpointing.auto_keep(1000.0, 9.0, 8192, cfg, 32) == 32
