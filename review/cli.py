@@ -13,7 +13,7 @@ import typer
 
 from orchard.errors import OrchardError
 
-app = typer.Typer(help="Human review on Argilla: setup, serve, stop, push, status, pull.", no_args_is_help=True)
+app = typer.Typer(help="Human review on Argilla: setup, serve, health, stop, push, status, pull.", no_args_is_help=True)
 
 DirOpt = typer.Option(None, "--dir", help="Folder of orchard's local server (default ~/.local/share/orchard/argilla).")
 UrlOpt = typer.Option(None, "--url", help="An existing Argilla deployment (its key in --api-key-env).")
@@ -86,6 +86,27 @@ def stop(server_dir: Optional[Path] = DirOpt):
 
     folder = server_dir_or_default(server_dir)
     typer.echo("stopped" if stop_server(folder) else f"nothing was running from {folder}")
+
+
+@app.command()
+def health(server_dir: Optional[Path] = DirOpt,
+           logs: int = typer.Option(0, help="Also print the last N lines of the server log.")):
+    """Is the local server up? Processes, API, URL (and optionally the log's tail). Exit code 1 when down.
+
+    Example: orchard review health --dir ./review-data --logs 20
+    """
+    from .client import server_dir_or_default
+    from .local_server import server_health
+
+    folder = server_dir_or_default(server_dir)
+    h = server_health(folder)
+    typer.echo(f"{'up' if h['running'] else 'down'}: {h['url'] or 'not started'} "
+               + " ".join(f"{k}={'ok' if v else 'DEAD'}" for k, v in h["processes"].items()))
+    if logs:
+        log = folder / "logs" / "server.log"
+        if log.exists():
+            typer.echo("\n".join(log.read_text(errors="replace").splitlines()[-logs:]))
+    raise typer.Exit(0 if h["running"] else 1)
 
 
 @app.command()

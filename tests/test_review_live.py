@@ -332,6 +332,8 @@ def test_cli_status_and_push(server, client, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["status", "--dataset", "cli", *common])
     assert r.exit_code == 0 and "cli: 1/2 completed, 1 pending" in r.stdout, r.output
     assert "argilla: submitted 1" in r.stdout
+    r = CliRunner().invoke(app, ["health", "--dir", str(server.data_dir)])
+    assert r.exit_code == 0 and r.stdout.startswith(f"up: {server.url}") and "worker=ok" in r.stdout
     r = CliRunner().invoke(app, ["status", "--dataset", "nope", *common])
     assert r.exit_code == 2 and "no dataset 'nope'" in r.output
 

@@ -463,10 +463,14 @@ class OrchardSQLSearchEngine(SearchEngine):
         base = [Record.dataset_id == dataset.id] + [q.filter(f) for f in rest]
         # count(*) rather than count(id): SQLite then answers from the (dataset_id, status) index alone.
         everything = (await db.execute(select(func.count()).select_from(Record).where(*base))).scalar_one()
+        # Driven from the user's responses (index on user_id), probing each record by primary key: touches the
+        # records this user answered, not the whole dataset.
         answered = (
             await db.execute(
-                select(func.count()).select_from(Response).join(Record, Record.id == Response.record_id)
-                .where(Response.user_id == user.id, *base)
+                select(func.count()).select_from(Response).where(
+                    Response.user_id == user.id,
+                    exists(select(literal(1)).select_from(Record).where(Record.id == Response.record_id, *base)),
+                )
             )
         ).scalar_one()
         return everything - answered
