@@ -71,6 +71,31 @@ def test_exception_inside_block_still_stops_server(tiny_model_dir):
     assert _gone(pid)
 
 
+def test_killed_parent_leaves_no_server(tiny_model_dir, tmp_path):
+    """SIGKILL to the owning process (no cleanup code runs) still takes the server down (parent-death signal)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time\n"
+            "from orchard.serve import TeacherServer\n"
+            f"srv = TeacherServer({str(tiny_model_dir)!r}, continuous_batching=False).start()\n"
+            "print(srv.pid, flush=True)\n"
+            "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert not _gone(server_pid)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        t = time.perf_counter()
+        while not _gone(server_pid) and time.perf_counter() - t < 20:
+            time.sleep(0.2)
+        assert _gone(server_pid)
+    finally:
+        owner.kill()
+
+
 def test_bad_model_folder(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         TeacherServer(tmp_path)
