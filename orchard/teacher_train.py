@@ -89,6 +89,8 @@ def train_tiny_teacher(
 
     if seconds is None and max_steps is None:
         raise InputError("give seconds and/or max_steps, or training never stops", field="seconds")
+    if (seconds is not None and seconds <= 0) or (max_steps is not None and max_steps < 1):
+        raise InputError("seconds must be > 0 and max_steps >= 1", field="seconds")
     if clock not in ("wall", "cpu"):
         raise InputError(f"clock must be 'wall' or 'cpu', got {clock!r}", field="clock")
     now = time.perf_counter if clock == "wall" else time.process_time
@@ -107,6 +109,8 @@ def train_tiny_teacher(
     model.generation_config.top_p = 1.0
 
     ids, mask = _token_stream(tokenizer, convs, assistant_only)
+    if not any(mask):
+        raise InputError("assistant_only=True but no example has an assistant message", field="messages")
     # A stream shorter than one window would leave nothing to sample: repeat it (tiny test inputs).
     while len(ids) < seq_len + 1:
         ids, mask = ids + ids, mask + mask

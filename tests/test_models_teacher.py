@@ -98,6 +98,11 @@ def test_bad_examples_raise_input_error(tmp_path):
         train_tiny_teacher(tmp_path / "x", [{"prompt": "hi"}], max_steps=1)
     with pytest.raises(InputError, match="role"):
         train_tiny_teacher(tmp_path / "x", [{"messages": [{"role": "bot", "content": "hi"}]}], max_steps=1)
+    with pytest.raises(InputError, match="seconds must be"):
+        train_tiny_teacher(tmp_path / "x", _examples(2), seconds=0)
+    with pytest.raises(InputError, match="no example has an assistant"):
+        train_tiny_teacher(tmp_path / "x", [{"messages": [{"role": "user", "content": "hi"}]}], max_steps=1,
+                           assistant_only=True)
     with pytest.raises(InputError, match="clock"):
         train_tiny_teacher(tmp_path / "x", _examples(2), max_steps=1, clock="sundial")
     with pytest.raises(InputError, match="never stops"):
