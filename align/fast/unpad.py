@@ -37,7 +37,7 @@ def enable(model) -> bool:
     if getattr(inner.forward, "_orchard_unpad", False):
         return False
     register()
-    inner.config._attn_implementation_before_orchard = inner.config._attn_implementation
+    before = inner.config._attn_implementation  # kept on the wrapper, not the config (configs get saved)
     _set_attn(inner.config, ATTN_NAME)
     orig = inner.forward
 
@@ -78,7 +78,7 @@ def enable(model) -> bool:
         return out
 
     forward._orchard_unpad = True
-    forward._orchard_orig = (orig, inner.config._attn_implementation_before_orchard)
+    forward._orchard_orig = (orig, before)
     inner.forward = forward
     return True
 
