@@ -78,7 +78,7 @@ def test_distance_metrics_copies_and_ratios():
 
 def test_gate_thresholds_and_failure_message():
     metrics = {
-        "distance": {"exact_copies": {"excess": 0.1}, "dcr": {"median_ratio": 1.2, "p05_ratio": 0.3}, "nndr": {"median_ratio": 1.0}},
+        "distance": {"exact_copies": {"excess": 0.1}, "dcr": {"median_ratio": 1.2, "p05_ratio": 0.3}, "nndr": {"median_ratio": 1.0}, "share_closer_to_train_equal_size": 0.5},
         "anonymeter": {"singling_out": {"value": 0.05}, "linkability": {"value": None}, "inference": {"value": 0.6}},
         "quality": {"score": 0.8},
     }
@@ -108,3 +108,22 @@ def test_gate_config_forbids_unknown_keys():
     with pytest.raises(ValidationError):
         TabularConfig(synthesizer="bayes_net")
     assert isinstance(InputError("x"), Exception)
+
+
+def test_equal_size_share_is_half_for_fresh_rows_and_high_for_memorised_ones():
+    rng = np.random.default_rng(3)
+    cols = {"x": "numerical", "y": "numerical"}
+
+    def draw(n):
+        return pd.DataFrame({"x": rng.normal(size=n), "y": rng.normal(size=n)})
+
+    train, hold = draw(600), draw(200)
+    fresh = distance_metrics(train, hold, draw(400), cols)
+    assert 0.42 <= fresh["share_closer_to_train_equal_size"] <= 0.58
+    assert fresh["exact_copies"]["synthetic_share"] == 0.0
+    # near-copies (tiny noise on training rows) are not exact copies, but the share and p05 ratio see them
+    near = train.iloc[:400] + rng.normal(scale=1e-3, size=(400, 2))
+    memorised = distance_metrics(train, hold, near, cols)
+    assert memorised["exact_copies"]["synthetic_share"] == 0.0
+    assert memorised["share_closer_to_train_equal_size"] > 0.6
+    assert memorised["dcr"]["p05_ratio"] < 0.1

@@ -63,7 +63,7 @@ def test_honest_run_passes_and_writes_records_and_report(honest, anes):
     result, out = honest["result"], honest["out"]
     assert result["gate"]["passed"] is True, result["gate"]
     checks = result["gate"]["checks"]
-    assert {"exact_copy_excess", "dcr_median_ratio", "dcr_p05_ratio", "linkability_risk", "quality_score"} <= {k for k, c in checks.items() if c["gated"]}
+    assert {"exact_copy_excess", "dcr_median_ratio", "dcr_p05_ratio", "dcr_share_closer_to_train", "linkability_risk", "quality_score"} <= {k for k, c in checks.items() if c["gated"]}
     assert checks["inference_risk"]["gated"] is False and 0.0 <= checks["inference_risk"]["value"] <= 1.0
     assert all(set(c) >= {"value", "threshold", "passed"} for c in checks.values())
     assert checks["utility_ratio"]["value"] > 0.5  # TSTR accuracy on 'vote' is close to TRTR's

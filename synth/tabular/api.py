@@ -114,7 +114,7 @@ def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config:
     columns = plan.eval_columns()
     metrics_path = cache / "metrics.json"
     t = time.perf_counter()
-    dist = privacy.distance_metrics(train, hold, synthetic, columns)
+    dist = privacy.distance_metrics(train, hold, synthetic, columns, config.seed)
     arrays = dist.pop("_arrays")
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())

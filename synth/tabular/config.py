@@ -22,9 +22,14 @@ class GateThresholds(BaseModel):
     # Share of synthetic rows identical to a training row, minus the share of holdout rows identical to a
     # training row (tables with few discrete columns hold natural duplicates; only the excess is a leak).
     max_exact_copy_excess: float | None = Field(0.0, ge=0.0, le=1.0)
+    # Share of synthetic rows closer to a train sample than to the (equal-sized) holdout, ties half:
+    # 0.5 when the synthesizer learnt the distribution, not the rows. Small tables sit above 0.5 even when
+    # honest (a model also learns its sample's noise): wine, 45 holdout rows, measured 0.56-0.61.
+    max_dcr_share_closer_to_train: float | None = Field(0.7, ge=0.0, le=1.0)
     # Median DCR(synthetic -> train) / median DCR(holdout -> train): below 1 means synthetic rows sit
-    # closer to the training rows than unseen real rows do.
-    min_dcr_median_ratio: float | None = Field(0.9, ge=0.0)
+    # closer to the training rows than unseen real rows do. Honest GaussianCopula runs measured 0.81-1.53
+    # (a well-fitted model puts mass where the data are dense), so the default leaves room below 1.
+    min_dcr_median_ratio: float | None = Field(0.7, ge=0.0)
     # Same ratio at the 5th percentile: memorised rows show first in the lower tail.
     min_dcr_p05_ratio: float | None = Field(0.5, ge=0.0)
     # Median nearest-neighbour distance ratio (closest / second closest train row), synthetic over holdout.

@@ -38,7 +38,7 @@ def _numeric(s: pd.Series, sdtype: str) -> np.ndarray:
 class _Encoded:
     """Both tables encoded over the same columns: numbers (NaN for missing) and category codes."""
 
-    def __init__(self, query: pd.DataFrame, ref: pd.DataFrame, columns: dict[str, str]):
+    def __init__(self, query: pd.DataFrame, ref: pd.DataFrame, columns: dict[str, str], range_from: pd.DataFrame | None = None):
         num_cols = [c for c, t in columns.items() if t in NUMERIC]
         cat_cols = [c for c, t in columns.items() if t in CATEGORICAL]
         if not num_cols and not cat_cols:
@@ -52,6 +52,12 @@ class _Encoded:
             self.rmin = np.nanmin(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
             self.rmax = np.nanmax(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
         self.range = self.rmax - self.rmin  # NaN when the reference column is all missing
+        if range_from is not None and num_cols:
+            # Scale by another table's ranges (comparing distances to two references on one scale). It
+            # must cover the reference, so in-range queries still never clip.
+            other = np.column_stack([_numeric(range_from[c], columns[c]) for c in num_cols])
+            with np.errstate(invalid="ignore"):
+                self.range = np.nanmax(other, axis=0) - np.nanmin(other, axis=0)
         qc, rc = [], []
         for c in cat_cols:
             # Codes come from the reference's categories only: every query value the reference lacks is
@@ -148,15 +154,18 @@ def _knn(block, e: _Encoded, qi: np.ndarray, ri: np.ndarray, k: int) -> np.ndarr
     return out
 
 
-def nearest_distances(query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], k: int = 1) -> np.ndarray:
+def nearest_distances(
+    query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], k: int = 1, range_from: pd.DataFrame | None = None
+) -> np.ndarray:
     """Distances from each query row to its ``k`` nearest reference rows, shape ``(len(query), k)``, ascending.
 
     ``columns`` maps column name to sdtype (numerical, datetime, categorical, boolean); other columns
-    are ignored. With ``k=1`` the first column equals SDMetrics' ``calculate_dcr``.
+    are ignored. With ``k=1`` the first column equals SDMetrics' ``calculate_dcr``. ``range_from`` (a
+    table containing ``reference``'s rows) sets the numeric ranges instead of ``reference``.
     """
     if len(reference) == 0:
         raise ValueError("the reference table is empty")
-    e = _Encoded(query, reference, columns)
+    e = _Encoded(query, reference, columns, range_from)
     k_eff = min(k, len(reference))
     n = len(query)
     out = np.full((n, k_eff), np.inf)
@@ -188,9 +197,9 @@ def nearest_distances(query: pd.DataFrame, reference: pd.DataFrame, columns: dic
     return out
 
 
-def dcr(query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str]) -> np.ndarray:
+def dcr(query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], range_from: pd.DataFrame | None = None) -> np.ndarray:
     """Distance to closest record of each query row in ``reference`` (SDMetrics' definition)."""
-    return nearest_distances(query, reference, columns, k=1)[:, 0]
+    return nearest_distances(query, reference, columns, k=1, range_from=range_from)[:, 0]
 
 
 def nndr(query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str]) -> np.ndarray:

@@ -19,6 +19,7 @@ CHECKS = {
     "exact_copy_excess": ("max_exact_copy_excess", "max", ("distance", "exact_copies", "excess")),
     "dcr_median_ratio": ("min_dcr_median_ratio", "min", ("distance", "dcr", "median_ratio")),
     "dcr_p05_ratio": ("min_dcr_p05_ratio", "min", ("distance", "dcr", "p05_ratio")),
+    "dcr_share_closer_to_train": ("max_dcr_share_closer_to_train", "max", ("distance", "share_closer_to_train_equal_size")),
     "nndr_median_ratio": ("min_nndr_median_ratio", "min", ("distance", "nndr", "median_ratio")),
     "singling_out_risk": ("max_singling_out_risk", "max", ("anonymeter", "singling_out", "value")),
     "linkability_risk": ("max_linkability_risk", "max", ("anonymeter", "linkability", "value")),

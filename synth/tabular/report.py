@@ -107,6 +107,8 @@ def markdown(report: dict) -> str:
         f"{d['dcr']['synthetic_to_train']['p05']:.4f}, holdout {d['dcr']['holdout_to_train']['p05']:.4f}.",
         f"- Median nearest-neighbour distance ratio: synthetic {d['nndr']['synthetic_median']:.3f}, holdout "
         f"{d['nndr']['holdout_median']:.3f}.",
+        f"- Synthetic rows closer to an equal-sized train sample than to the holdout: "
+        f"{d['share_closer_to_train_equal_size']:.2%} (about 50% unless training rows were memorised).",
         f"- Synthetic rows closer to train than to holdout: {d['closer_to_train_share']:.2%} (SDMetrics "
         "DCROverfittingProtection; above 50% is expected when the holdout is smaller than train).",
         f"- Computed in {d['seconds']} s.",
