@@ -39,7 +39,8 @@ def reqs(n: int, prefix: str = "item") -> list[ChatRequest]:
     return [ChatRequest([{"role": "user", "content": f"{prefix} {i}"}], tag=f"{prefix}-{i}") for i in range(n)]
 
 
-def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path, transport):
     plan = FaultPlan(
         {"500": 0.04, "503": 0.02, "429": 0.03, "timeout": 0.01, "malformed": 0.03, "truncated": 0.03,
          "empty_choices": 0.03, "empty_content": 0.02, "drop": 0.03},
@@ -47,7 +48,7 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path)
     )
     with FakeTeacher(faults=plan) as srv:
         t = Teacher(cfg(srv.base_url, max_concurrency=16, timeout_s=0.4, response_format_json=True),
-                    tmp_path / "calls.db")
+                    tmp_path / "calls.db", transport=transport)
         t0 = time.perf_counter()
         res = t.chat_many(reqs(1000), progress=False)
         elapsed = time.perf_counter() - t0
@@ -66,6 +67,10 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path)
     assert st["max_inflight"] <= 16
     u = t.usage_summary()
     assert u["ok"] == 1000 and u["errors"] == 0 and u["http_requests"] == st["requests"]
+    assert u["transport"] == transport
+    # Timeouts and dropped connections are told apart whichever transport carries them.
+    assert u["retries"]["timeout after 0.4s"] >= st["faults"]["timeout"]
+    assert u["retries"]["connection error"] >= st["faults"]["drop"]
     assert u["completion_tokens"] > 0
     log = CallLog(tmp_path / "calls.db")
     assert len(log.ok_keys()) == 1000 and log.summary()["ok"] == 1000
@@ -486,8 +491,10 @@ def test_two_processes_share_one_call_log(tmp_path):
     assert len(CallLog(db).ok_keys()) == 300
 
 
-def test_a_down_teacher_stops_the_run_quickly_instead_of_retrying_every_item(tmp_path):
-    t = Teacher(cfg("http://127.0.0.1:9/v1", max_concurrency=4, backoff_base_s=0.05, backoff_max_s=0.2), None)
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_down_teacher_stops_the_run_quickly_instead_of_retrying_every_item(tmp_path, transport):
+    t = Teacher(cfg("http://127.0.0.1:9/v1", max_concurrency=4, backoff_base_s=0.05, backoff_max_s=0.2), None,
+                transport=transport)
     t0 = time.perf_counter()
     with pytest.raises(TeacherError, match="teacher failing: 20 failed attempts in a row") as ei:
         t.chat_many(reqs(200), progress=False)
