@@ -2,7 +2,10 @@
 
 The question: with the teacher answering instantly, is orchard's client (cache lookup, SQLite commit of
 every call before use, retries, budget) the bottleneck? Baseline, side by side in the same run: the bare
-``openai`` SDK (AsyncOpenAI + a semaphore, nothing logged). The server runs in its own process.
+``openai`` SDK as most code uses it (AsyncOpenAI with its default httpx2 transport, typed
+``chat.completions.create``, a semaphore, nothing logged). orchard runs with the SDK's aiohttp transport
+(its default when aiohttp is installed) and, for comparison, with the SDK's default transport. The server
+runs in its own process.
 
     .venv/bin/python benchmarks/synth_throughput.py --n 2000 --concurrency 32
 
@@ -53,10 +56,10 @@ async def _bare_sdk(base_url: str, n: int, conc: int, tag: str) -> int:
     return sum(1 for x in out if x)
 
 
-def _teacher(base_url: str, db: Path, conc: int, **kw) -> Teacher:
+def _teacher(base_url: str, db: Path, conc: int, transport: str = "auto", **kw) -> Teacher:
     cfg = TeacherConfig(base_url=base_url, model="fake", max_concurrency=conc, max_tokens=256, timeout_s=30,
                         backoff_base_s=0.01, backoff_max_s=0.1, **kw)
-    return Teacher(cfg, db)
+    return Teacher(cfg, db, transport=transport)
 
 
 def _cpu_self() -> float:
@@ -175,8 +178,15 @@ def main(argv=None) -> dict:
             db = tmp / f"calls{rnd}.sqlite"
             reqs = [ChatRequest(_messages(i, f"orchard{rnd}"), tag=str(i)) for i in range(n)]
             with _Case(srv) as c:
-                res = _teacher(url, db, conc).chat_many(reqs, progress=False)
-            add(c, "orchard Teacher: cold (SQLite log + cache)", sum(r.ok for r in res))
+                t = _teacher(url, db, conc)
+                res = t.chat_many(reqs, progress=False)
+            add(c, f"orchard Teacher: cold ({t.transport} transport)", sum(r.ok for r in res))
+
+            with _Case(srv) as c:
+                reqs_h = [ChatRequest(_messages(i, f"httpx{rnd}")) for i in range(n)]
+                res = _teacher(url, tmp / f"httpx{rnd}.sqlite", conc, transport="httpx").chat_many(reqs_h,
+                                                                                                  progress=False)
+            add(c, "orchard Teacher: cold (SDK default httpx2 transport)", sum(r.ok for r in res))
 
             with _Case(srv) as c:
                 res = _teacher(url, db, conc).chat_many(reqs, progress=False)
