@@ -28,7 +28,7 @@ def _standalone(table: Path, out: Path, config: TabularConfig) -> dict:
     except ImportError:
         run_standalone = None
     if run_standalone is not None:
-        return run_standalone(tabular_stage, out, table, config=config)
+        return run_standalone(tabular_stage, out, table, name="tabular", config=config, inputs={"table": table})
     from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json
 
     work = out.parent / ".work" / out.name
