@@ -274,3 +274,17 @@ def test_cli_writes_a_dataset_folder_with_its_gate(tmp_path):
     assert not (tmp_path / "x").exists()
     r = CliRunner().invoke(app, ["tabular", "--help"])
     assert "Example: orchard synth tabular" in r.output
+
+
+def test_a_broken_measurement_fails_the_gate_closed_and_is_reported(anes, tmp_path, monkeypatch):
+    from orchard.synth.tabular import privacy
+
+    def broken(*a, **k):
+        raise ValueError("synthetic column is constant")
+
+    monkeypatch.setattr(privacy, "quality", broken)
+    work = tmp_path / "work"
+    with pytest.raises(GateFailed, match="quality_score = not measured"):
+        tabular_stage(anes, tmp_path / "out", work, TabularConfig(**FAST))
+    md = (work / "report" / "privacy_report.md").read_text()
+    assert "Not measured: ValueError: synthetic column is constant" in md

@@ -126,9 +126,19 @@ def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config:
             train, hold, synthetic, list(columns), config.n_attacks, secrets, config.seed,
             config.singling_out, config.singling_out_attacks
         )
-        metrics["quality"] = privacy.quality(train, synthetic, plan.eval_metadata())
+        # A measurement that breaks is recorded, not fatal: its gate check then fails closed ("not
+        # measured") and the report still tells the user what happened.
+        try:
+            metrics["quality"] = privacy.quality(train, synthetic, plan.eval_metadata())
+        except Exception as e:  # SDMetrics raises assorted errors on unusual columns
+            log.warning("quality report failed: %s", e)
+            metrics["quality"] = {"score": None, "error": f"{type(e).__name__}: {e}"}
         if config.target:
-            metrics["utility"] = privacy.utility(train, hold, synthetic, columns, config.target, config.seed)
+            try:
+                metrics["utility"] = privacy.utility(train, hold, synthetic, columns, config.target, config.seed)
+            except Exception as e:  # e.g. a target with a single class in the synthetic rows
+                log.warning("utility test failed: %s", e)
+                metrics["utility"] = {"ratio": None, "error": f"{type(e).__name__}: {e}"}
         atomic_write_json(metrics_path, metrics)
     eval_seconds = time.perf_counter() - t
 

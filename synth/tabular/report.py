@@ -125,11 +125,15 @@ def markdown(report: dict) -> str:
             lines.append(f"- {k.replace('_', '-')}: risk {_fmt(v.get('value'))}{extra}")
         lines.append("")
     q = m.get("quality")
-    if q:
+    if q and q.get("error"):
+        lines += ["## Quality (SDMetrics)", "", f"- Not measured: {q['error']}", ""]
+    elif q:
         lines += ["## Quality (SDMetrics)", "", f"- Overall {q['score']:.3f}: column shapes {q['column_shapes']:.3f}, "
                   f"column pair trends {q['column_pair_trends']:.3f}.", "", "![Column distributions](columns.png)", ""]
     u = m.get("utility")
-    if u:
+    if u and u.get("error"):
+        lines += ["## Utility", "", f"- Not measured: {u['error']}", ""]
+    elif u:
         lines += ["## Utility", "", f"- Target `{u['target']}` ({u['task']}, {u['metric']}): train on synthetic → "
                   f"{u['train_synthetic_test_holdout']:.3f}, train on real → {u['train_real_test_holdout']:.3f} "
                   f"(both tested on the real holdout; ratio {_fmt(u['ratio'])}).", ""]
