@@ -100,6 +100,7 @@ class DPOConfig(ModelSettings, TrainSettings):
         None, description="Start from this adapter folder (e.g. a previous DPO output) instead of sft_dir's."
     )
     max_completion_length: int | None = Field(None, description="ORPO/SimPO/CPO only.")
+    final_eval_max_pairs: int | None = Field(128, description="Train pairs scored after training (None = all).")
 
     @field_validator("loss_type")
     @classmethod

@@ -37,6 +37,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     if not config.base_model:
         raise InputError("SFT needs `base_model` (a hub id or a local folder)", field="base_model")
     t0 = time.perf_counter()
+    c0 = time.process_time()  # CPU seconds: on a shared machine wall time says little
 
     rows = D.read_sft(data_dir, "train")
     test = D.read_sft(data_dir, "test", required=False)
@@ -137,6 +138,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         "stopped_early": bool(early and trainer.state.max_steps and trainer.state.global_step < trainer.state.max_steps),
         "train_runtime_s": model_out.metrics.get("train_runtime"),
         "time_s": round(time.perf_counter() - t0, 2),
+        "cpu_s": round(time.process_time() - c0, 2),
     }
     if metrics["train_loss"] is not None and not math.isfinite(metrics["train_loss"]):
         metrics["train_loss"] = str(metrics["train_loss"])
