@@ -154,6 +154,41 @@ def _knn(block, e: _Encoded, qi: np.ndarray, ri: np.ndarray, k: int) -> np.ndarr
     return out
 
 
+def _pruned_min(fast: _FastBlock, qi: np.ndarray) -> np.ndarray:
+    """``min_r (numeric L1 - category matches)`` per query, computing numbers only where they can matter.
+
+    The category matches of a whole chunk are one float32 matrix product. The reference row with the most
+    matches gives an upper bound ``u`` on the minimum; since the numeric part is >= 0, only rows with
+    ``matches >= -u`` can beat it, and numeric distances are computed for those pairs alone. Chunks where
+    pruning leaves too many pairs use the dense kernel. Exact: the bound only skips rows that cannot win.
+    """
+    e = fast.e
+    out = np.empty(len(qi))
+    m = fast.r_num.shape[0]
+    step = max(1, _CHUNK_ELEMENTS // max(1, m))
+    qs_all = e.qn[:, fast.keep] / e.range[fast.keep] if fast.keep.any() else None
+    for s in range(0, len(qi), step):
+        q = qi[s : s + step]
+        matches = _onehot(e.qc[q], e.n_codes) @ fast.r_hot  # exact small integers
+        best = matches.argmax(axis=1)
+        if qs_all is not None:
+            num_best = np.abs(qs_all[q] - fast.r_num[best]).sum(axis=1)
+        else:
+            num_best = np.zeros(len(q))
+        upper = num_best - matches[np.arange(len(q)), best]
+        rows, cols = np.nonzero(matches >= (-upper - 1e-9)[:, None])
+        if len(rows) > 0.2 * matches.size:  # pruning did not pay: dense kernel for this chunk
+            out[s : s + step] = fast(q).min(axis=1)
+            continue
+        raw = -matches[rows, cols].astype(np.float64)
+        if qs_all is not None:
+            raw += np.abs(qs_all[q][rows] - fast.r_num[cols]).sum(axis=1)
+        res = np.full(len(q), np.inf)
+        np.minimum.at(res, rows, raw)
+        out[s : s + step] = res
+    return out
+
+
 def nearest_distances(
     query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], k: int = 1, range_from: pd.DataFrame | None = None
 ) -> np.ndarray:
@@ -188,7 +223,10 @@ def nearest_distances(
             out[easy_q, :kk] = dist / e.d
         else:
             fast = _FastBlock(e, tree_r)
-            out[easy_q, :kk] = fast.finish(_knn(fast, e, easy_q, tree_r, kk))
+            if kk == 1 and fast.r_hot is not None:
+                out[easy_q, 0] = fast.finish(_pruned_min(fast, easy_q))
+            else:
+                out[easy_q, :kk] = fast.finish(_knn(fast, e, easy_q, tree_r, kk))
     if len(easy_q) and len(rest_r):
         extra = _knn(lambda qi, ri: _exact_block(e, qi, ri), e, easy_q, rest_r, min(k_eff, len(rest_r)))
         out[easy_q] = np.sort(np.hstack([out[easy_q], extra]), axis=1)[:, :k_eff]
