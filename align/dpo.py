@@ -112,11 +112,17 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     eval_sets = {"train_pairs": _pairs_ds(train[: config.final_eval_max_pairs or None])}
     if test:
         eval_sets["test"] = _pairs_ds(test)
-    if config.algorithm != "dpo" and has_eval:
-        eval_arg = eval_sets["test"]  # the experimental trainers take one eval set
+    if config.algorithm != "dpo":
+        eval_arg = eval_sets["test"] if has_eval else None  # the experimental trainers take one eval set
     else:
-        eval_arg = eval_sets if has_eval else None
+        # DPO gets its eval sets at init even when it does not evaluate during training: with precomputed
+        # reference log-probs on a full fine-tune the reference only exists before the first step.
+        eval_arg = eval_sets
     trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
+    prepared = dict(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else {}
+    if prepared:
+        # Evaluate only the held-out pairs during training; the train pairs are scored once at the end.
+        trainer.eval_dataset = {"test": prepared["test"]} if has_eval else None
 
     peft_cfg = getattr(trainer.model, "peft_config", {}) or {}
     ref_params = sum(p.numel() for n, p in trainer.model.named_parameters() if ".ref." in n)
@@ -129,8 +135,11 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
 
     # Margins/accuracies on the train pairs and the held-out pairs, measured after training.
     final = {}
+    if prepared:
+        trainer.eval_dataset = prepared
     for name, ds in eval_sets.items():
-        m = trainer.evaluate(eval_dataset=_prepare_eval(trainer, ds, tok, config.algorithm), metric_key_prefix=name)
+        target = name if config.algorithm == "dpo" else _prepare_eval(trainer, ds, tok, config.algorithm)
+        m = trainer.evaluate(eval_dataset=target, metric_key_prefix=name)
         final[name] = {
             "loss": m.get(f"{name}_loss"),
             "margin": _pick(m, "rewards/margins"),
