@@ -127,3 +127,19 @@ def test_equal_size_share_is_half_for_fresh_rows_and_high_for_memorised_ones():
     assert memorised["exact_copies"]["synthetic_share"] == 0.0
     assert memorised["share_closer_to_train_equal_size"] > 0.6
     assert memorised["dcr"]["p05_ratio"] < 0.1
+
+
+def test_numpy_fallback_matches_the_compiled_kernel(monkeypatch):
+    import orchard.synth.tabular.distance as distance
+
+    rng = np.random.default_rng(7)
+    n = 150
+    df = pd.DataFrame({"x": rng.normal(size=n), "c": rng.choice(list("abc"), n), "z": rng.integers(0, 3, n).astype(float)})
+    df.loc[rng.random(n) < 0.1, "z"] = np.nan
+    q, r = df.iloc[:60], df.iloc[60:]
+    cols = {"x": "numerical", "c": "categorical", "z": "numerical"}
+    compiled = distance.nearest_distances(q, r, cols, k=2)
+    monkeypatch.setattr(distance, "_compiled", None)
+    fallback = distance.nearest_distances(q, r, cols, k=2)
+    assert distance.dcr(q, r, cols) == pytest.approx(compiled[:, 0], abs=1e-12)
+    assert fallback == pytest.approx(compiled, abs=1e-12)

@@ -5,12 +5,12 @@ numerical/datetime ``min(|a - b| / range, 1)`` (range of the reference column; a
 ``a != b``), categorical/boolean ``a != b``; a missing value against a present one counts 1, two missing
 values count 0. SDMetrics builds a cross join of both tables in pandas (quadratic memory and time).
 
-Here the same distance is an L1 (Manhattan) distance once numerical columns are divided by their range,
-and the categorical part is a count of mismatches -- as long as no clipping at 1 and no missing value is
-involved. So "easy" pairs (numbers present and inside the reference's range, reference row complete) go
-through fast kernels: a scikit-learn KD-tree when there are only a few numeric columns, otherwise scipy's
-``cdist`` for the numbers plus a one-hot matrix product for the categories. The few other pairs go
-through an exact chunked numpy computation. The results are the same numbers, to floating-point rounding.
+Here the search runs in a compiled kernel (``_kernel.py``, numba) that groups reference rows by their
+category values and stops as soon as a partial distance reaches the best found so far: exact, and in
+practice it touches a small part of all pairs. Without numba, numpy kernels do the same exactly: "easy"
+pairs (numbers present and inside the reference's range, reference row complete) as a range-scaled L1
+distance (a KD-tree, or scipy's ``cdist`` plus a one-hot matrix product for category matches) and the
+other pairs through a chunked numpy computation. Results agree with SDMetrics to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
+
+try:  # numba comes with anonymeter; without it the numpy kernels below do the same work, slower
+    from ._kernel import knn_sums_grouped as _compiled
+except ImportError:  # pragma: no cover
+    _compiled = None
 
 NUMERIC = ("numerical", "datetime")
 CATEGORICAL = ("categorical", "boolean")
@@ -201,6 +206,22 @@ def nearest_distances(
     if len(reference) == 0:
         raise ValueError("the reference table is empty")
     e = _Encoded(query, reference, columns, range_from)
+    if _compiled is not None and len(query):
+        # One exact compiled kernel for every pair (see _kernel.py); the numpy paths below are the fallback.
+        k_eff = min(k, len(reference))
+        rng = np.where(np.isnan(e.range), 0.0, e.range)  # an all-missing column: every pair is missing-vs-x
+        rc = np.ascontiguousarray(e.rc, dtype=np.int64)
+        # Group reference rows by their category values (one group when there are no categories).
+        tuples, group = np.unique(rc, axis=0, return_inverse=True) if rc.shape[1] else (rc[:1], np.zeros(len(rc), dtype=np.int64))
+        group = np.asarray(group).ravel()
+        order = np.argsort(group, kind="stable")
+        count = np.bincount(group, minlength=len(tuples)).astype(np.int64)
+        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        sums = _compiled(
+            np.ascontiguousarray(e.qn), np.ascontiguousarray(e.rn[order]), rng,
+            np.ascontiguousarray(e.qc, dtype=np.int64), np.ascontiguousarray(tuples, dtype=np.int64), start, count, k_eff,
+        )
+        return sums / e.d
     k_eff = min(k, len(reference))
     n = len(query)
     out = np.full((n, k_eff), np.inf)
