@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 from orchard.dataio import atomic_write_json, provenance
+from orchard.errors import InputError
 
 from .client import iter_records
 
@@ -204,6 +205,11 @@ def ensure_dataset(client, name: str, workspace: str, kind: str, guidelines=None
     ws = ensure_workspace(client, workspace)
     ds = client.datasets(name=name, workspace=ws)
     if ds is not None:
+        have = {f.name for f in ds.settings.fields}
+        need = "instruction" if kind == "sft" else "prompt"
+        if need not in have:
+            raise InputError(f"dataset '{name}' in workspace '{workspace}' was made for other rows (fields "
+                             f"{sorted(have)}); push {kind} rows to another dataset name", field="dataset")
         return ds
     settings = build_settings(kind, guidelines, min_submitted, vector_dims)
     return rg.Dataset(name=name, workspace=ws, settings=settings, client=client).create()
@@ -223,6 +229,12 @@ def push_rows(client, rows: list[dict], dataset_name: str, workspace: str = "orc
     """
     kind = dataset_kind(rows)
     scale = judge_scale(rows)
+    need = ("id", "messages") if kind == "sft" else ("id", "prompt", "chosen", "rejected")
+    for i, row in enumerate(rows):
+        missing = [k for k in need if not row.get(k)]
+        if missing:
+            raise InputError(f"a {kind} row needs {', '.join(need)}; missing {', '.join(missing)}", line=i + 1,
+                             field=missing[0])
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         rows = list({r["id"]: r for r in rows}.values())  # the same content twice is one task

@@ -313,6 +313,10 @@ def test_preference_push_and_pull(server, client, tmp_path):
     assert got[rows[2]["id"]]["chosen"] == rows[2]["rejected"]  # reviewers overturned the judge
     assert got[rows[0]["id"]]["chosen"] == rows[0]["chosen"]
     assert summary["judge_agreement"]["accuracy"] == pytest.approx(2 / 3)
+    from orchard.errors import InputError
+
+    with pytest.raises(InputError, match="made for other rows"):
+        push_rows(client, [_sft_row(1, 3)], "prefs", "team")
 
 
 def test_cli_status_and_push(server, client, tmp_path, monkeypatch):
