@@ -4,9 +4,8 @@ Fits a GaussianCopula on the train split of statsmodels' `fair` table (real data
 then computes SDMetrics' DCRBaselineProtection (synthetic and random rows against train) and
 DCROverfittingProtection (synthetic rows against train and holdout), and the same DCR passes with
 ``orchard.synth.tabular.distance``; prints both side by side with speed ratios, checks the numbers agree,
-and writes ``benchmarks/results/privacy_speed.json``. orchard's own privacy report never computes the
-random baseline (its baseline is the holdout); SDMetrics' random rows put float values in categorical
-columns, so every category mismatches and orchard's category pruning cannot help on that pass.
+and writes ``benchmarks/results/privacy_speed.json``. (orchard's own privacy report never computes the
+random baseline: its baseline is the holdout.)
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/privacy_speed.py --rows 4000
 """

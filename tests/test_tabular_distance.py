@@ -54,12 +54,14 @@ def test_dcr_matches_sdmetrics_on_hand_case_and_random_mixed_table():
 
     cols = {"x": "numerical", "k": "numerical", "cat": "categorical", "when": "datetime", "flag": "boolean"}
     q, r = table(120, 0.7), table(150, 0.0)
-    for use in (cols, cols | {"hi": "categorical"}):
+    # like SDMetrics' random baseline: float values in categorical columns, unseen in the reference
+    q_unseen = q.assign(cat=rng.random(len(q)), flag=rng.random(len(q)))
+    for query, use in ((q, cols), (q, cols | {"hi": "categorical"}), (q_unseen, cols)):
         meta = {"columns": {k: {"sdtype": v} for k, v in use.items()}}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected = calculate_dcr(q, r, meta).to_numpy()
-        assert dcr(q, r, use) == pytest.approx(expected, abs=1e-12)
+            expected = calculate_dcr(query, r, meta).to_numpy()
+        assert dcr(query, r, use) == pytest.approx(expected, abs=1e-12)
 
 
 def test_distance_metrics_copies_and_ratios():

@@ -194,6 +194,23 @@ def _pruned_min(fast: _FastBlock, qi: np.ndarray) -> np.ndarray:
     return out
 
 
+def _compiled_knn(e: _Encoded, qi: np.ndarray, k: int) -> np.ndarray:
+    """The compiled exact kernel (see _kernel.py) for query rows ``qi`` against all reference rows."""
+    rng = np.where(np.isnan(e.range), 0.0, e.range)  # an all-missing column: every pair is missing-vs-x
+    rc = np.ascontiguousarray(e.rc, dtype=np.int64)
+    # Group reference rows by their category values; the kernel visits groups from fewest mismatches.
+    tuples, group = np.unique(rc, axis=0, return_inverse=True)
+    group = np.asarray(group).ravel()
+    order = np.argsort(group, kind="stable")
+    count = np.bincount(group, minlength=len(tuples)).astype(np.int64)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+    sums = _compiled(
+        np.ascontiguousarray(e.qn[qi]), np.ascontiguousarray(e.rn[order]), rng,
+        np.ascontiguousarray(e.qc[qi], dtype=np.int64), np.ascontiguousarray(tuples, dtype=np.int64), start, count, k,
+    )
+    return sums / e.d
+
+
 def nearest_distances(
     query: pd.DataFrame, reference: pd.DataFrame, columns: dict[str, str], k: int = 1, range_from: pd.DataFrame | None = None
 ) -> np.ndarray:
@@ -206,22 +223,20 @@ def nearest_distances(
     if len(reference) == 0:
         raise ValueError("the reference table is empty")
     e = _Encoded(query, reference, columns, range_from)
-    if _compiled is not None and len(query):
-        # One exact compiled kernel for every pair (see _kernel.py); the numpy paths below are the fallback.
+    if _compiled is not None and len(query) and e.qc.shape[1]:
         k_eff = min(k, len(reference))
-        rng = np.where(np.isnan(e.range), 0.0, e.range)  # an all-missing column: every pair is missing-vs-x
-        rc = np.ascontiguousarray(e.rc, dtype=np.int64)
-        # Group reference rows by their category values (one group when there are no categories).
-        tuples, group = np.unique(rc, axis=0, return_inverse=True) if rc.shape[1] else (rc[:1], np.zeros(len(rc), dtype=np.int64))
-        group = np.asarray(group).ravel()
-        order = np.argsort(group, kind="stable")
-        count = np.bincount(group, minlength=len(tuples)).astype(np.int64)
-        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
-        sums = _compiled(
-            np.ascontiguousarray(e.qn), np.ascontiguousarray(e.rn[order]), rng,
-            np.ascontiguousarray(e.qc, dtype=np.int64), np.ascontiguousarray(tuples, dtype=np.int64), start, count, k_eff,
-        )
-        return sums / e.d
+        num_cols = [c for c, t in columns.items() if t in NUMERIC]
+        unseen = np.all(e.qc == np.asarray(e.n_codes) - 1, axis=1)
+        if num_cols and unseen.any():
+            # Rows whose every category is absent from the reference mismatch all reference rows in all
+            # categories: a constant, so their numbers alone decide (the KD-tree path, below).
+            out = np.empty((len(query), k_eff))
+            nums = nearest_distances(query.iloc[np.flatnonzero(unseen)], reference, {c: columns[c] for c in num_cols}, k_eff, range_from)
+            out[unseen] = (nums * len(num_cols) + e.qc.shape[1]) / e.d
+            if (~unseen).any():
+                out[~unseen] = _compiled_knn(e, np.flatnonzero(~unseen), k_eff)
+            return out
+        return _compiled_knn(e, np.arange(len(query)), k_eff)
     k_eff = min(k, len(reference))
     n = len(query)
     out = np.full((n, k_eff), np.inf)
