@@ -73,5 +73,5 @@ def tabular(
     for name, c in gate["checks"].items():
         thr = "report only" if c["threshold"] is None else c["threshold"]
         value = c["value"] if not isinstance(c["value"], float) else round(c["value"], 4)
-        typer.echo(f"  {name:<20} {value!s:<10} threshold {thr}")
+        typer.echo(f"  {name:<26} {value!s:<10} threshold {thr}")
     typer.echo(f"wrote {result['counts']['train']} synthetic rows to {out / 'train.parquet'}; report: {out / 'privacy_report.md'}")
