@@ -35,6 +35,11 @@ class ModelSettings(_Strict):
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # orchard's fast path (orchard.align.fast): padding-free attention within each example, Liger's fused
+    # linear cross-entropy, fewer recomputed layers within a memory budget. "auto": on for CUDA GPUs of compute
+    # capability >= 8.0, off elsewhere (same loss and gradients: tests/test_fast_path.py).
+    fast_path: Literal["auto", "on", "off"] = "auto"
+    fast_memory_gib: float = Field(16.0, gt=0, description="peak GPU memory the fast path may plan for")
 
 
 class TrainSettings(_Strict):

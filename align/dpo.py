@@ -22,6 +22,7 @@ from .callbacks import StopOnNaN
 from .config import DPOConfig
 from .modeling import adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info, write_policy_info
 from .plots import plot_curves
+from . import fast
 from .trainutil import keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
@@ -106,6 +107,8 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     has_eval = bool(test) and config.eval_steps is not None
     kw = trainer_kwargs(config, ckpt_dir, has_eval, settings.dtype)
+    plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
+    kw = fast.trainer_kwargs(kw, plan)
     nan_cb = StopOnNaN()
     cbs = ([nan_cb] if config.stop_on_nan else []) + list(callbacks or [])
     # Final margins on (at most final_eval_max_pairs of) the train pairs: enough to see them rise, cheap on CPU.
@@ -119,6 +122,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
         # reference log-probs on a full fine-tune the reference only exists before the first step.
         eval_arg = eval_sets
     trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
+    fast_applied = fast.apply(trainer, plan)
     prepared = dict(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else {}
     if prepared:
         # Evaluate only the held-out pairs during training; the train pairs are scored once at the end.
@@ -173,6 +177,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
         "tokens": int(trainer.state.num_input_tokens_seen or 0),
         "resumed_from": Path(resume).name if resume else None,
         "init_from": str(init_dir),
+        "fast_path": fast_applied,
         "reference": ("frozen 'ref' adapter copy" if "ref" in peft_cfg else
                       "precomputed log-probs" if config.precompute_ref_log_probs else
                       "none (reference-free)" if config.algorithm != "dpo" else "adapter-disabled base"),

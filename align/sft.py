@@ -21,6 +21,7 @@ from .config import SFTConfig
 from .modeling import device, load_base, load_tokenizer, lora_config, write_policy_info
 from .plots import plot_curves
 from .score import sft_loss
+from . import fast
 from .trainutil import align_save_to_eval, keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
@@ -54,6 +55,8 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     has_eval = bool(val_rows)
     kw = trainer_kwargs(config, ckpt_dir, has_eval, config.dtype)
+    plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
+    kw = fast.trainer_kwargs(kw, plan)
     early = has_eval and config.early_stopping_patience is not None
     if has_eval and (early or config.load_best_model_at_end):
         align_save_to_eval(kw)
@@ -87,6 +90,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         peft_config=peft_cfg,
         callbacks=cbs,
     )
+    fast_applied = fast.apply(trainer, plan)
     resume = last_checkpoint(ckpt_dir) if config.resume else None
     model_out = trainer.train(resume_from_checkpoint=resume)
     save_history(out_dir, trainer.state.log_history)
@@ -139,6 +143,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         "train_runtime_s": model_out.metrics.get("train_runtime"),
         "time_s": round(time.perf_counter() - t0, 2),
         "cpu_s": round(time.process_time() - c0, 2),
+        "fast_path": fast_applied,
     }
     if metrics["train_loss"] is not None and not math.isfinite(metrics["train_loss"]):
         metrics["train_loss"] = str(metrics["train_loss"])
