@@ -372,12 +372,23 @@ def test_web_ui_signs_in_and_shows_the_queue(server, client):
 def test_restart_keeps_everything(server, client):
     from orchard.review.local_server import server_health, start_server, stop_server
 
-    ds = client.datasets(name="sft-agree", workspace=client.workspaces(name="team"))
+    from orchard.review.push import push_rows
+
+    rows = [_sft_row(500, 4), _sft_row(501, 2)]
+    push_rows(client, rows, "restart", "team")
+    ds = client.datasets(name="restart", workspace=client.workspaces(name="team"))
+    _respond(client, _server_ids(client, ds)[rows[0]["id"]], {"decision": "accept", "quality": 4})
     before = ds.progress(with_users_distribution=True)
+    assert before["completed"] == 1
     assert stop_server(server.data_dir)
     assert not server_health(server.data_dir)["running"]
     port = int(server.url.rsplit(":", 1)[1])
     info = start_server(server.data_dir, port=port)
     assert info.api_key == server.api_key
-    ds = client.datasets(name="sft-agree", workspace=client.workspaces(name="team"))
+    ds = client.datasets(name="restart", workspace=client.workspaces(name="team"))
     assert ds.progress(with_users_distribution=True) == before
+    recs = list(ds.records(with_responses=True))
+    answered = {r.id: r for r in recs}[rows[0]["id"]]
+    assert len(recs) == 2 and answered.responses["decision"][0].value == "accept"
+    assert answered.responses["quality"][0].value == 4
+    assert _search(client, ds, {"query": {"text": {"q": "orchard 501"}}})["total"] == 1  # text index intact

@@ -25,6 +25,7 @@ from uuid import UUID
 from sqlalchemy import Float, String, and_, cast, exists, false, func, literal, literal_column, not_, or_, select, true
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql import ColumnElement
+from sqlalchemy import text as text_clause
 
 from argilla_server.database import AsyncSessionLocal
 from argilla_server.enums import MetadataPropertyType, RecordStatus, ResponseStatus, SimilarityOrder, SortOrder
@@ -78,6 +79,22 @@ def _invalidate_vectors() -> None:
 
 def _dialect() -> str:
     return AsyncSessionLocal.kw["bind"].dialect.name
+
+
+_FULLTEXT: Dict[str, bool] = {}
+
+
+def _has_fulltext() -> bool:
+    """Whether the launcher created the FTS5 index (SQLite only); checked once per process."""
+    if "ok" not in _FULLTEXT:
+        _FULLTEXT["ok"] = False
+        if _dialect() == "sqlite":
+            from argilla_server.database import sync_engine
+
+            with sync_engine.connect() as conn:
+                _FULLTEXT["ok"] = bool(conn.execute(text_clause(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'orchard_records_fts'")).first())
+    return _FULLTEXT["ok"]
 
 
 def _json_text(expr) -> ColumnElement:
@@ -206,16 +223,25 @@ class _Query:
             return true()
         if isinstance(query, str):
             query = TextQuery(q=query)
+        tokens = [t for t in (w.strip("\"'") for w in query.q.lower().split()) if t.strip("*")]
+        if not tokens:
+            return true()
+        if not query.field and _has_fulltext():
+            # FTS5 query: every word must occur (AND), `word*` is a prefix; words are quoted so that no
+            # user input is read as FTS syntax.
+            match = " ".join(
+                '"{}"{}'.format(t.rstrip("*").replace('"', '""'), "*" if t.endswith("*") else "") for t in tokens
+            )
+            hits = select(literal_column("rowid")).select_from(text_clause("orchard_records_fts")).where(
+                text_clause("orchard_records_fts MATCH :fts_query").bindparams(fts_query=match)
+            )
+            return literal_column("records.rowid").in_(hits)
         haystack = func.lower(
             Record.fields[query.field].as_string() if query.field else cast(Record.fields, String)
         )
         conds = []
-        for token in query.q.lower().split():
-            token = token.strip("\"'")
-            if not token:
-                continue
-            if token.endswith("*"):
-                token = token[:-1]
+        for token in tokens:
+            token = token.rstrip("*")
             # Substring match of each word (AND), like ES's default_operator=AND on analysed text.
             escaped = token.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             conds.append(haystack.like(f"%{escaped}%", escape="\\"))
