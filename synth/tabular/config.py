@@ -64,8 +64,7 @@ class TabularConfig(BaseModel):
     seed: int = 0
     epochs: int | None = Field(None, ge=1, description="CTGAN/TVAE/CopulaGAN epochs (SDV default if unset)")
     batch_size: int | None = Field(None, ge=2, description="CTGAN/TVAE/CopulaGAN batch size")
-    # Differential privacy: SDV has none (SDV#779) and smartnoise-synth cannot share this environment
-    # (see README). A set epsilon is refused with that explanation rather than silently ignored.
+    # Differential privacy: SDV has none (SDV#779); a set epsilon switches to smartnoise-synth's MST.
     dp_epsilon: float | None = Field(None, gt=0.0)
     # Anonymeter attack counts (each costs time; small tables cap them at the holdout size).
     n_attacks: int = Field(200, ge=10)

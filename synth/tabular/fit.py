@@ -21,9 +21,8 @@ SDV_CLASSES = {
 }
 
 DP_UNAVAILABLE = (
-    "differential privacy needs smartnoise-synth (MST), which is not installed in this environment: it pulls "
-    "jax/jaxlib, opacus 0.14 and SQLAlchemy, and left alone pip upgrades numpy to 2.x, which breaks anonymeter "
-    "(numpy<1.27) and numba. To use it: `pip install -c constraints-cpu.txt 'numpy==1.26.4' smartnoise-synth`. "
+    "differential privacy needs smartnoise-synth (MST), an orchard dependency that is missing from this "
+    "environment: `pip install -c constraints-cpu.txt smartnoise-synth` (it brings jax, opacus and SQLAlchemy). "
     "SDV itself has no differential privacy (SDV issue #779)."
 )
 
