@@ -44,7 +44,10 @@ def _sqlite_tuning() -> None:
 _FTS_VALUES = "(SELECT group_concat(value, ' ') FROM json_each({}.fields))"
 _FTS_STATEMENTS = [
     "CREATE VIRTUAL TABLE IF NOT EXISTS orchard_records_fts USING fts5(body, tokenize='unicode61')",
+    # The DELETE first: a reused rowid never collides with a stale entry (foreign-key cascades do fire triggers,
+    # this is belt and braces so that Argilla's own writes can never fail because of the index).
     "CREATE TRIGGER IF NOT EXISTS orchard_records_fts_ai AFTER INSERT ON records BEGIN "
+    "DELETE FROM orchard_records_fts WHERE rowid = new.rowid; "
     f"INSERT INTO orchard_records_fts(rowid, body) VALUES (new.rowid, {_FTS_VALUES.format('new')}); END",
     "CREATE TRIGGER IF NOT EXISTS orchard_records_fts_ad AFTER DELETE ON records BEGIN "
     "DELETE FROM orchard_records_fts WHERE rowid = old.rowid; END",
