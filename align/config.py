@@ -62,7 +62,8 @@ class TrainSettings(_Strict):
     save_total_limit: int | None = 2
     seed: int = 42
     gradient_checkpointing: bool = False
-    report_to: str | list[str] = Field("none", description='"none", "tensorboard", "wandb", ...')
+    report_to: str | list[str] = Field(
+        "auto", description='"auto" (TensorBoard where installed, logs in the stage folder), "none", "wandb", ...')
     use_liger_kernel: bool = False
     max_length: int = 1024
     dataloader_num_workers: int = 0

@@ -23,7 +23,7 @@ from .config import DPOConfig
 from .modeling import adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info, write_policy_info
 from .plots import plot_curves
 from . import fast
-from .trainutil import keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import keep_dtype_on_resume, tensorboard_logdir, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
 def _pairs_ds(rows: list[dict]) -> datasets.Dataset:
@@ -121,7 +121,8 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
         # DPO gets its eval sets at init even when it does not evaluate during training: with precomputed
         # reference log-probs on a full fine-tune the reference only exists before the first step.
         eval_arg = eval_sets
-    trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
+    with tensorboard_logdir(out_dir / "tensorboard"):
+        trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
     fast_applied = fast.apply(trainer, plan)
     prepared = dict(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else {}
     if prepared:

@@ -22,7 +22,7 @@ from .modeling import device, load_base, load_tokenizer, lora_config, write_poli
 from .plots import plot_curves
 from .score import sft_loss
 from . import fast
-from .trainutil import align_save_to_eval, keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import align_save_to_eval, keep_dtype_on_resume, tensorboard_logdir, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
 
 
 def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, callbacks: list | None = None) -> dict:
@@ -81,15 +81,16 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     from transformers import set_seed
 
     set_seed(config.seed)
-    trainer = keep_dtype_on_resume(SFTTrainer)(
-        model=model,
-        args=args,
-        train_dataset=to_ds(train_rows),
-        eval_dataset=to_ds(val_rows) if has_eval else None,
-        processing_class=tok,
-        peft_config=peft_cfg,
-        callbacks=cbs,
-    )
+    with tensorboard_logdir(out_dir / "tensorboard"):
+        trainer = keep_dtype_on_resume(SFTTrainer)(
+            model=model,
+            args=args,
+            train_dataset=to_ds(train_rows),
+            eval_dataset=to_ds(val_rows) if has_eval else None,
+            processing_class=tok,
+            peft_config=peft_cfg,
+            callbacks=cbs,
+        )
     fast_applied = fast.apply(trainer, plan)
     resume = last_checkpoint(ckpt_dir) if config.resume else None
     model_out = trainer.train(resume_from_checkpoint=resume)

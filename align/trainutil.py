@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import math
 from pathlib import Path
 
@@ -15,6 +17,29 @@ from .config import TrainSettings
 from .modeling import resolve_dtype
 
 log = logging.getLogger(__name__)
+
+
+def resolve_report_to(value):
+    """'auto' = TensorBoard where it is installed, else no tracker (the loss curves are plotted either way)."""
+    if value == "auto":
+        import importlib.util
+
+        return "tensorboard" if importlib.util.find_spec("tensorboard") is not None else "none"
+    return value
+
+
+@contextlib.contextmanager
+def tensorboard_logdir(path: Path):
+    """Point transformers' TensorBoard callback (it reads the variable when the trainer is built) at ``path``."""
+    old = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = old
 
 
 def trainer_kwargs(config: TrainSettings, ckpt_dir: Path, has_eval: bool, dtype_name: str) -> dict:
@@ -46,7 +71,7 @@ def trainer_kwargs(config: TrainSettings, ckpt_dir: Path, has_eval: bool, dtype_
         seed=config.seed,
         data_seed=config.seed,
         gradient_checkpointing=config.gradient_checkpointing,
-        report_to=config.report_to,
+        report_to=resolve_report_to(config.report_to),
         use_liger_kernel=config.use_liger_kernel,
         dataloader_num_workers=config.dataloader_num_workers,
         bf16=dtype == torch.bfloat16,

@@ -117,6 +117,8 @@ def test_sft_lowers_validation_loss_and_writes_outputs(env, sft_run):
     assert saved["eval_loss"] == pytest.approx(m["eval_loss"])
     hist = json.loads((out / "log_history.json").read_text())
     assert any("eval_loss" in h for h in hist) and any("loss" in h for h in hist)
+    # report_to "auto": TensorBoard is installed, so its event files land in the stage's own folder
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_heldout_split_is_never_trained_on(env, sft_run, tmp_path):
