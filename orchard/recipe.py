@@ -18,7 +18,7 @@ from orchard.errors import InputError
 # The order stages run in. A recipe may hold any subset; a stage's inputs come from the nearest earlier stage
 # that produces what it needs (see runner.STAGES).
 STAGE_ORDER = [
-    "seeds", "tabular", "teacher_model", "synth", "review", "split", "sft", "preferences", "dpo", "rlaif", "eval",
+    "seeds", "tabular", "teacher_model", "synth", "judge", "review", "split", "sft", "preferences", "dpo", "rlaif", "eval",
 ]
 
 
@@ -97,10 +97,10 @@ def _package_models() -> dict[str, Any]:
     from orchard.align.config import DPOConfig, EvalConfig, SFTConfig
     from orchard.review.config import ReviewConfig
     from orchard.synth.config import TeacherConfig
-    from orchard.synth.methods_config import SynthConfig
+    from orchard.synth.methods_config import JudgeConfig, SynthConfig
 
     return dict(
-        TeacherConfig=TeacherConfig, SynthConfig=SynthConfig, ReviewConfig=ReviewConfig,
+        TeacherConfig=TeacherConfig, SynthConfig=SynthConfig, JudgeConfig=JudgeConfig, ReviewConfig=ReviewConfig,
         SFTConfig=SFTConfig, DPOConfig=DPOConfig, EvalConfig=EvalConfig,
     )
 
@@ -147,6 +147,7 @@ def recipe_model():
         tabular=(TabularStageConfig | None, None),
         teacher_model=(TeacherModelConfig | None, None),
         synth=(m["SynthConfig"] | None, None),
+        judge=(m["JudgeConfig"] | None, None),
         review=(m["ReviewConfig"] | None, None),
         split=(SplitConfig | None, None),
         sft=(m["SFTConfig"] | None, None),

@@ -138,10 +138,23 @@ def _synth_run(ctx: StageContext) -> dict:
     return instructions_stage(ctx.inputs.get("seeds"), ctx.out_dir, ctx.work_dir, cfg, ctx.teacher)
 
 
+# ---------------------------------------------------------------- judge: the AI judge rates every pair
+
+def _judge_inputs(recipe, run_dir):
+    return _with_served_teacher(recipe, run_dir, {"data": _latest(run_dir, recipe, "synth", "seeds")})
+
+
+def _judge_run(ctx: StageContext) -> dict:
+    from orchard.synth.api import judge_stage
+
+    _require_rows(ctx.inputs["data"])
+    return judge_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, ctx.config, ctx.teacher)
+
+
 # ---------------------------------------------------------------- review
 
 def _review_inputs(recipe, run_dir):
-    return {"data": _latest(run_dir, recipe, "synth", "seeds")}
+    return {"data": _latest(run_dir, recipe, "judge", "synth", "seeds")}
 
 
 def _review_run(ctx: StageContext) -> dict:
@@ -154,7 +167,7 @@ def _review_run(ctx: StageContext) -> dict:
 # ---------------------------------------------------------------- split
 
 def _split_inputs(recipe, run_dir):
-    return {"data": _latest(run_dir, recipe, "review", "synth", "seeds")}
+    return {"data": _latest(run_dir, recipe, "review", "judge", "synth", "seeds")}
 
 
 def _split_run(ctx: StageContext) -> dict:
@@ -174,7 +187,7 @@ def _split_run(ctx: StageContext) -> dict:
 # ---------------------------------------------------------------- sft
 
 def _sft_inputs(recipe, run_dir):
-    return {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "synth")}
+    return {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "judge", "synth")}
 
 
 def _sft_run(ctx: StageContext) -> dict:
@@ -189,7 +202,7 @@ def _sft_run(ctx: StageContext) -> dict:
 # ---------------------------------------------------------------- preferences
 
 def _preferences_inputs(recipe, run_dir):
-    inputs = {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "synth")}
+    inputs = {"data": run_dir / "split" if recipe.split is not None else _latest(run_dir, recipe, "review", "judge", "synth")}
     if recipe.preferences.source == "reference_vs_policy":
         inputs["sft"] = run_dir / "sft"
         return inputs
@@ -333,6 +346,8 @@ STAGES: dict[str, StageSpec] = {
     "teacher_model": StageSpec("teacher_model", _teacher_model_inputs, _teacher_model_run,
                                extra_fingerprint=_teacher_model_fingerprint),
     "synth": StageSpec("synth", _synth_inputs, _synth_run, needs_teacher=lambda r: True,
+                       extra_fingerprint=_teacher_identity),
+    "judge": StageSpec("judge", _judge_inputs, _judge_run, needs_teacher=lambda r: True,
                        extra_fingerprint=_teacher_identity),
     "review": StageSpec("review", _review_inputs, _review_run),
     "split": StageSpec("split", _split_inputs, _split_run),

@@ -1,0 +1,91 @@
+"""A recipe through the real synth, judge, review and split stages against a scripted teacher server.
+
+Checks what the runner promises across stages: counts that add up, judge scores carried to the review policy,
+no new teacher call when nothing changed, and only the changed stage (and those after it) re-running.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_teacher import FakeTeacher, FaultPlan  # noqa: E402
+from synth_responder import responder  # noqa: E402
+
+from orchard.dataio import provenance, read_manifest, read_rows  # noqa: E402
+from orchard.recipe import load_recipe  # noqa: E402
+from orchard.runner import Runner  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-pipeline-test-secret-42"
+
+
+@pytest.fixture()
+def srv():
+    with FakeTeacher(responder=responder, faults=FaultPlan(probs={"500": 0.05, "429": 0.03}, seed=1)) as s:
+        yield s
+
+
+def _recipe(tmp_path, srv, min_score=3):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"""
+name: pipe
+runs_dir: {tmp_path / 'runs'}
+seeds:
+  path: {REPO / 'data' / 'seeds' / 'self_instruct_seed_tasks.jsonl'}
+  limit: 40
+teacher:
+  base_url: {srv.base_url}
+  model: fake
+  api_key_env: PIPE_KEY
+  max_concurrency: 4
+  backoff_base_s: 0.01
+  backoff_max_s: 0.05
+synth:
+  method: self_instruct
+  num: 30
+judge:
+  min_overall: null
+review:
+  mode: auto
+  auto:
+    min_judge_score: {min_score}
+split:
+  test_size: 0.25
+""")
+    return load_recipe(p)
+
+
+def test_pipeline_counts_judge_review_and_no_repeated_calls(tmp_path, srv, monkeypatch):
+    monkeypatch.setenv("PIPE_KEY", SECRET)
+    out = Runner(_recipe(tmp_path, srv)).run()
+    assert [o.status for o in out] == ["ran"] * 5
+    run = tmp_path / "runs" / "pipe"
+    synth = read_rows(run / "synth")
+    judged = read_rows(run / "judge")
+    assert len(synth) >= 20 and len(judged) == len(synth)  # min_overall null keeps every judged row
+    scores = [provenance(r)["judge"]["overall"] for r in judged]
+    assert all(1 <= s <= 5 for s in scores)
+    review = read_manifest(run / "review")["result"]["counts"]
+    accepted = read_rows(run / "review")
+    assert review["accepted"] + review["rejected"] == len(judged)
+    assert all(provenance(r)["judge"]["overall"] >= 3 for r in accepted)
+    assert review["accepted"] == sum(s >= 3 for s in scores)
+    split = read_manifest(run / "split")["result"]
+    assert split["train"] + split["test"] == review["accepted"] and split["seeds_on_both_sides"] == 0
+
+    served = srv.stats()["requests"]
+    again = Runner(_recipe(tmp_path, srv)).run()
+    assert [o.status for o in again] == ["skipped"] * 5
+    assert srv.stats()["requests"] == served  # nothing asked twice
+
+    # A stricter review policy re-runs review and split only, and costs no teacher call.
+    stricter = Runner(_recipe(tmp_path, srv, min_score=4)).run()
+    assert [o.status for o in stricter] == ["skipped", "skipped", "skipped", "ran", "ran"]
+    assert srv.stats()["requests"] == served
+    assert read_manifest(run / "review")["result"]["counts"]["accepted"] == sum(s >= 4 for s in scores)
+
+    for p in run.rglob("*"):
+        if p.is_file():
+            assert SECRET.encode() not in p.read_bytes(), p
