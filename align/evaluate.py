@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from orchard.dataio import atomic_write_json, atomic_write_text, provenance, read_rows
-from orchard.errors import InputError
 
 from . import data as D
 from .config import EvalConfig

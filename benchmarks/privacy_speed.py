@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 warnings.filterwarnings("ignore")
 

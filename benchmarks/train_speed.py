@@ -24,7 +24,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import math
 import os
 import random
 import subprocess

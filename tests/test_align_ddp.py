@@ -11,14 +11,16 @@ import sys
 import pytest
 import yaml
 
-from orchard.align._tiny import build_test_model, tiny_sft_rows
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from align_tiny import build_test_model, tiny_sft_rows  # noqa: E402
 from orchard.dataio import write_split
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    import torch
     from safetensors.torch import load_file
 
     base = build_test_model(tmp_path / "base")

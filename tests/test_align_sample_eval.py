@@ -11,28 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from orchard.align._tiny import build_test_model, tiny_pairs, tiny_sft_rows
-from orchard.align.api import (DPOConfig, EvalConfig, SampleConfig, SFTConfig, dpo_stage, eval_stage, export_merged,
-                               policy_pairs_stage, sample_policies_stage, sample_stage, sft_stage, win_rates)
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from align_tiny import trained_sft  # noqa: E402
+from orchard.align.api import (DPOConfig, EvalConfig, SampleConfig, dpo_stage, eval_stage, export_merged,
+                               policy_pairs_stage, sample_policies_stage, sample_stage, win_rates)
 from orchard.dataio import provenance, read_rows, write_split
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("align_se")
-    base = build_test_model(root / "base")
-    rows = tiny_sft_rows()
-    held = {rows[0]["seed_id"], rows[6]["seed_id"]}
-    train = [r for r in rows if r["seed_id"] not in held]
-    test = [r for r in rows if r["seed_id"] in held]
-    write_split(root / "data", "train", train)
-    write_split(root / "data", "test", test)
-    sft_stage(root / "data", root / "sft", root / "w-sft",
-              SFTConfig(base_model=str(base), max_steps=16, learning_rate=3e-3, logging_steps=4, save_steps=8,
-                        per_device_train_batch_size=4, lr_scheduler_type="constant", warmup_steps=0, max_length=64,
-                        lora_r=8, lora_alpha=16, early_stopping_patience=None))
-    write_split(root / "pairs", "train", tiny_pairs(train))
-    write_split(root / "pairs", "test", tiny_pairs(test))
+    env = trained_sft(tmp_path_factory.mktemp("align_se"), sft_work="w-sft")
+    root, base, train, test = env["root"], env["base"], env["train"], env["test"]
     dpo_stage(root / "pairs", root / "sft", root / "dpo", root / "w-dpo",
               DPOConfig(max_steps=12, learning_rate=5e-3, logging_steps=2, save_steps=12, lr_scheduler_type="constant",
                         warmup_steps=0, max_length=64, per_device_train_batch_size=4))

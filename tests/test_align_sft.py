@@ -11,7 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from orchard.align._tiny import build_test_model, tiny_sft_rows
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from align_tiny import build_test_model, tiny_sft_rows  # noqa: E402
 from orchard.align.callbacks import TrainingDiverged
 from orchard.align.config import SFTConfig
 from orchard.align.sft import sft_stage

@@ -5,7 +5,6 @@ stage, that every trained row traces back to a seed, that DPO moves the margins,
 second run skips every stage.
 """
 
-import json
 import math
 import os
 import subprocess

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
 
 from .attention import ATTN_NAME, SEQ_LENS_KEY, register
 
