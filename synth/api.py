@@ -134,7 +134,7 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
         for r in rows:
             r["id"] = content_hash({"messages": r["messages"]})  # masking may have changed the text
             if r["id"] in seen:
-                prompt = r["messages"][0]["content"]
+                prompt = next(m["content"] for m in r["messages"] if m["role"] == "user")
                 ledger.reject(prompt, "exact_dup", "final", r["seed_id"], r["id"])
                 continue
             seen.add(r["id"])

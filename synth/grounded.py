@@ -101,7 +101,9 @@ class Grounded:
             name = Path(g.table).name
             for i, r in enumerate(rows):
                 rec = "\n".join(f"{k}: {v}" for k, v in r.items() if k not in ("id", "seed_id", "provenance"))
-                srcs.append({"id": content_hash({"table": name, "record": rec}), "kind": "table", "text": rec,
+                # A record's own id is its lineage root (the tabular stage gives every row one).
+                rid = r.get("id") or content_hash({"table": name, "record": rec})
+                srcs.append({"id": rid, "kind": "table", "text": rec,
                              "prov": {"method": "grounded_table", "table": name, "row_index": i,
                                       "table_gate": bool(man["gate"]["passed"])}})
         return srcs
@@ -121,9 +123,11 @@ class Grounded:
                 text = t_tab.render(table=s["prov"]["table"], record=s["text"], count=g.questions_per_chunk)
             reqs.append(ChatRequest(messages=user(text), params={"temperature": g.temperature, "max_tokens": g.max_tokens},
                                     seed=request_seed(cfg.seed, 20, i), json=True, tag=f"grounded:{s['id']}"))
-        index = NearDupIndex(cfg.filters.near_dup)
         rows = []
         for s, res in zip(srcs, self.teacher.chat_many(reqs) if reqs else []):
+            # Duplicates are judged per source: "What is the age?" asked of two different records is two
+            # examples, while two phrasings of one question about the same record are one.
+            index = NearDupIndex(cfg.filters.near_dup)
             common = dict(seed_id=s["id"], parent_id=s["id"])
             if not res.ok:
                 ledger.count("generated")
@@ -148,10 +152,19 @@ class Grounded:
                     ledger.reject(q, reason, "grounded", **common, detail={"dup_of": hit.dup_of} if hit else None)
                     continue
                 index.add(content_hash(q), q)
-                msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                # The grounding travels with the example: a question about "the record" is unanswerable
+                # without it, in training and in review (where it is shown as the context field).
+                msgs = [{"role": "system", "content": grounding_prompt(s)},
+                        {"role": "user", "content": q}, {"role": "assistant", "content": a}]
                 prov = {**s["prov"], "seed_id": s["id"], "parent_id": s["id"], "teacher": self.teacher_prov,
-                        **tpl.provenance(), "filters": {}}
+                        **tpl.provenance(), "filters": {}, "grounding": s["text"]}
                 rows.append({"id": content_hash({"messages": msgs}), "seed_id": s["id"], "messages": msgs,
                              "provenance": prov})
         ledger.count("instructions_kept", len(rows))
         return rows
+
+
+def grounding_prompt(source: dict) -> str:
+    """The system turn that carries a grounded example's source (a document chunk or a table record)."""
+    what = "this excerpt" if source["kind"] == "doc" else "this record"
+    return f"Answer using only {what}:\n\n{source['text']}"

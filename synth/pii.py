@@ -13,7 +13,8 @@ import re
 from typing import Iterable
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# Not the digits of a decimal number ("3.835777303699742" passes Luhn by chance): no "." or "," glued on either side.
+_CARD = re.compile(r"(?<![\d.,])(?:\d[ -]?){12,18}\d(?![\d]|[.,]\d)")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b")
 _SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")

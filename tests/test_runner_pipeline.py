@@ -89,3 +89,44 @@ def test_pipeline_counts_judge_review_and_no_repeated_calls(tmp_path, srv, monke
     for p in run.rglob("*"):
         if p.is_file():
             assert SECRET.encode() not in p.read_bytes(), p
+
+
+def test_tabular_records_ground_synthesis_only_through_a_passing_gate(tmp_path, srv):
+    """tabular (SDV + privacy gate) → synth grounded on `run:tabular`: the records reach the teacher's prompts."""
+    p = tmp_path / "t.yaml"
+    p.write_text(f"""
+name: tab
+runs_dir: {tmp_path / 'runs'}
+tabular:
+  table: {REPO / 'data' / 'tables' / 'anes96.csv'}
+  options:
+    rows: 200
+    n_attacks: 30
+    singling_out: "off"
+teacher:
+  base_url: {srv.base_url}
+  model: fake
+  backoff_base_s: 0.01
+  backoff_max_s: 0.05
+synth:
+  method: grounded
+  num: 20
+  grounded:
+    table: run:tabular
+    max_rows: 10
+""")
+    out = Runner(load_recipe(p)).run()
+    assert [o.status for o in out] == ["ran", "ran"]
+    run = tmp_path / "runs" / "tab"
+    assert read_manifest(run / "tabular")["gate"]["passed"] is True
+    rows = read_rows(run / "synth")
+    assert rows and all(provenance(r)["method"] == "grounded_table" for r in rows)
+    # Each example carries its grounding record (a synthetic row, never a real one) as its system turn.
+    synthetic = {r["id"]: r for r in read_rows(run / "tabular")}
+    real_ages = set(__import__("pandas").read_csv(REPO / "data" / "tables" / "anes96.csv")["age"])
+    for r in rows:
+        system, user = r["messages"][0], r["messages"][1]
+        assert system["role"] == "system" and "age:" in system["content"] and user["role"] == "user"
+        assert provenance(r)["grounding"] in system["content"]
+        assert provenance(r)["seed_id"] in synthetic  # lineage: the synthetic record it grew from
+    assert real_ages  # (the gate, not this test, is what keeps real rows out: see tests/test_tabular_stage.py)

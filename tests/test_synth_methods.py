@@ -315,3 +315,13 @@ def test_judge_works_when_endpoint_refuses_json_mode(tmp_path):
     kept, _ = _check_ledger(tmp_path / "j", man)
     assert len(kept) == 1 and set(provenance(kept[0])["judge"]["scores"]) == {
         "helpfulness", "correctness", "instruction_following", "honesty"}
+
+
+def test_pii_card_scan_ignores_decimal_numbers():
+    """Regression: a float's digits ('3.835777303699742', from a table record) passed Luhn and were masked."""
+    from orchard.synth.pii import find_pii
+
+    assert find_pii("logpopul: 3.835777303699742", ["credit_card"]) == []
+    assert find_pii("x = 12.4111111111111111", ["credit_card"]) == []
+    assert find_pii("card 4111 1111 1111 1111, thanks", ["credit_card"]) == [("credit_card", 5, 24)]
+    assert find_pii("4111111111111111.", ["credit_card"]) == [("credit_card", 0, 16)]
