@@ -142,6 +142,41 @@ def run_orchard_child(a) -> None:
                       "kept": man["counts"]["kept"]}), flush=True)
 
 
+def warm_orchard(a, sizes: list[int]) -> list[dict]:
+    """orchard's stage run several times in this one process against a clean server: the first run pays the
+    stage's lazy imports (rouge_score pulls in nltk), the later ones show the stage's own rate. Not side by side
+    with distilabel: a supplement to the end-to-end rows."""
+    from orchard.synth import api
+    from orchard.synth.config import TeacherConfig
+    from orchard.synth.methods_config import SelfInstructConfig, SynthConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="orchard-warm-"))
+    seed_file = tmp / "seeds.jsonl"
+    seed_file.write_text("\n".join(SEED_FILE.read_text().splitlines()[: a.seeds]) + "\n")
+    srv = Server(False, 0, tmp / "server.log")
+    out = []
+    try:
+        tc = TeacherConfig(base_url=srv.base_url, model="fake", max_concurrency=a.concurrency, timeout_s=a.timeout,
+                           max_retries=a.max_retries, backoff_base_s=0.5, backoff_max_s=8.0, max_tokens=512)
+        for i, n in enumerate(sizes):
+            cfg = SynthConfig(num=n, seed=i, report=False, self_instruct=SelfInstructConfig(
+                tasks_per_prompt=a.per_seed, prompts_per_round=a.concurrency, max_rounds=1000, temperature=1.0,
+                identify_classification=a.orchard_classify, max_tokens=512, response_temperature=0.7,
+                response_max_tokens=512))
+            before = srv.stats()
+            t0 = time.perf_counter()
+            man = api.instructions_stage(seed_file, tmp / f"o{i}", tmp / f"w{i}", cfg, tc)
+            secs = time.perf_counter() - t0
+            d = diff_stats(before, srv.stats())
+            out.append({"run": i + 1, "asked": n, "delivered": man["counts"]["kept"], "seconds": round(secs, 2),
+                        "items_per_s": round(man["counts"]["kept"] / secs, 1), "http_calls": d["http_calls"],
+                        "note": "first run in the process: includes the stage's lazy imports" if i == 0 else ""})
+            print(f"  warm orchard run {i + 1}: {out[-1]}", flush=True)
+    finally:
+        srv.close()
+    return out
+
+
 def orchard_cmd(url: str, seed_file: Path, out: Path, work: Path, a) -> list[str]:
     return [sys.executable, __file__, "--orchard-child", "--base-url", url, "--seed-file", str(seed_file),
             "--out", str(out), "--work", str(work), "--num", str(a.seeds * a.per_seed), "--per-seed",
@@ -270,6 +305,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--timeout", type=int, default=10)
     ap.add_argument("--max-retries", type=int, default=6)
     ap.add_argument("--scenarios", default="clean,faults,kill_resume,interrupt_resume")
+    ap.add_argument("--warm-orchard", default="",
+                    help="only run orchard's stage in-process at these sizes (e.g. 300,300,1000) and add the rows "
+                         "to the existing JSON under orchard_in_process")
     ap.add_argument("--fault-repeats", type=int, default=3, help="runs of the fault scenario per system")
     ap.add_argument("--child-timeout", type=float, default=150, help="a run still going after this is hung")
     ap.add_argument("--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "synth_vs_distilabel.json")
@@ -289,6 +327,13 @@ def main(argv=None) -> dict:
     if a.orchard_child:
         return run_orchard_child(a)
 
+    if a.warm_orchard:
+        rows = warm_orchard(a, [int(x) for x in a.warm_orchard.split(",")])
+        result = json.loads(a.out_json.read_text()) if a.out_json.exists() else {}
+        result["orchard_in_process"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                        "loadavg": os.getloadavg(), "rows": rows}
+        a.out_json.write_text(json.dumps(result, indent=2) + "\n")
+        return result
     py = ensure_distilabel_env()
     dl_versions = json.loads(subprocess.run(
         [str(py), "-c", ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
