@@ -12,8 +12,8 @@ Per run: items asked, items delivered (non-empty instruction and response), lost
 request body hash served successfully more than once, from the server's per-hash counters), wall seconds of the
 whole process (interpreter start and imports included) and of the generation alone.
 
-distilabel runs in its own venv (created once at ~/.cache/orchard/distilabel-env, ``distilabel[openai]==1.5.3``;
-it never touches .venv) through benchmarks/distilabel_self_instruct.py.
+distilabel runs in its own venv (created once at ~/.cache/orchard/distilabel-env: ``distilabel[openai]==1.5.3``,
+``openai==1.59.9`` and ``requests``; it never touches .venv) through benchmarks/distilabel_self_instruct.py.
 
     .venv/bin/python benchmarks/synth_vs_distilabel.py --seeds 60 --per-seed 5 --concurrency 16
 
