@@ -108,7 +108,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     has_eval = bool(test) and config.eval_steps is not None
     kw = trainer_kwargs(config, ckpt_dir, has_eval, settings.dtype)
     plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
-    kw = fast.trainer_kwargs(kw, plan)
+    kw = fast.trainer_kwargs(kw, plan, model=model, tokens_per_example=2 * config.max_length)
     nan_cb = StopOnNaN()
     cbs = ([nan_cb] if config.stop_on_nan else []) + list(callbacks or [])
     # Final margins on (at most final_eval_max_pairs of) the train pairs: enough to see them rise, cheap on CPU.

@@ -56,7 +56,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     has_eval = bool(val_rows)
     kw = trainer_kwargs(config, ckpt_dir, has_eval, config.dtype)
     plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
-    kw = fast.trainer_kwargs(kw, plan)
+    kw = fast.trainer_kwargs(kw, plan, model=model, tokens_per_example=config.max_length)
     early = has_eval and config.early_stopping_patience is not None
     if has_eval and (early or config.load_best_model_at_end):
         align_save_to_eval(kw)

@@ -47,21 +47,35 @@ UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # padding-free attention, so the losses agree to rounding, not bit for bit.
 TOL = {"sft": 0.02, "dpo": 0.005}  # dpo: relative, on the step-1 summed log-probs
 
-# variant name -> (stage, fast plan overrides or None for the plain path, batch size multiplier, checkpointing)
+# variant name -> (stage, fast plan overrides or None for the plain path, batch size multiplier, checkpointing,
+# gradient accumulation steps asked for). ``*_ga2``: 2 micro batches of the default size per optimizer step (the
+# effective batch a recipe asks for); the fast path may fold them into one micro batch of twice the size.
 VARIANTS = {
-    "plain_sft": ("sft", None, 1, True),
-    "plain_dpo": ("dpo", None, 1, True),
-    "fast_sft_unpad": ("sft", dict(liger=False, keep_layers=0), 1, True),
-    "fast_sft_liger": ("sft", dict(unpad=False, keep_layers=0), 1, True),
-    "fast_sft": ("sft", dict(), 1, True),
-    "fast_sft_nokeep": ("sft", dict(keep_layers=0), 1, True),
-    "fast_sft_keep8": ("sft", dict(keep_layers=8), 1, True),
-    "fast_sft_bs2x": ("sft", dict(), 2, True),
-    "fast_sft_bs2x_keep8": ("sft", dict(keep_layers=8), 2, True),
-    "fast_dpo": ("dpo", dict(), 1, True),
-    "fast_dpo_nokeep": ("dpo", dict(keep_layers=0), 1, True),
-    "fast_dpo_keep8": ("dpo", dict(keep_layers=8), 1, True),
-    "fast_dpo_bs2x": ("dpo", dict(), 2, True),
+    "plain_sft": ("sft", None, 1, True, 1),
+    "plain_dpo": ("dpo", None, 1, True, 1),
+    "plain_sft_bs2x": ("sft", None, 2, True, 1),
+    "plain_dpo_bs2x": ("dpo", None, 2, True, 1),
+    "plain_sft_ga2": ("sft", None, 1, True, 2),
+    "plain_dpo_ga2": ("dpo", None, 1, True, 2),
+    "fast_sft_unpad": ("sft", dict(liger=False, keep_layers=0, fused_lora=False), 1, True, 1),
+    "fast_sft_liger": ("sft", dict(unpad=False, keep_layers=0, fused_lora=False), 1, True, 1),
+    "fast_sft_nofuse": ("sft", dict(fused_lora=False), 1, True, 1),
+    "fast_sft_novarlen": ("sft", dict(varlen_attention=False), 1, True, 1),
+    "fast_sft": ("sft", dict(), 1, True, 1),
+    "fast_sft_nokeep": ("sft", dict(keep_layers=0), 1, True, 1),
+    "fast_sft_keep8": ("sft", dict(keep_layers=8), 1, True, 1),
+    "fast_sft_keep12": ("sft", dict(keep_layers=12), 1, True, 1),
+    "fast_sft_bs2x": ("sft", dict(), 2, True, 1),
+    "fast_sft_ga2": ("sft", dict(), 1, True, 2),
+    "fast_sft_ga2_nofold": ("sft", dict(fold_accumulation=False), 1, True, 2),
+    "fast_sft_ga2_fold": ("sft", dict(fold_accumulation=True), 1, True, 2),  # forced (CPU tests)
+    "fast_dpo": ("dpo", dict(), 1, True, 1),
+    "fast_dpo_nofuse": ("dpo", dict(fused_lora=False), 1, True, 1),
+    "fast_dpo_nokeep": ("dpo", dict(keep_layers=0), 1, True, 1),
+    "fast_dpo_keep8": ("dpo", dict(keep_layers=8), 1, True, 1),
+    "fast_dpo_bs2x": ("dpo", dict(), 2, True, 1),
+    "fast_dpo_ga2": ("dpo", dict(), 1, True, 2),
+    "fast_dpo_ga2_fold": ("dpo", dict(fold_accumulation=True), 1, True, 2),  # forced (CPU tests)
 }
 
 
@@ -237,7 +251,7 @@ def _summary(meter: _Meter, warmup: int, grad_accum: int, losses: list, stage: s
     return out
 
 
-def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: int, ckpt: bool):
+def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: int, ckpt: bool, ga: int = 1):
     """Train one TRL path for warmup + steps optimizer steps on ``base`` (LoRA added, then removed again)."""
     import torch
     from peft import LoraConfig
@@ -254,13 +268,15 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
             setattr(plan, k, v)
         if not torch.cuda.is_available():
             plan.liger = False
-    common = dict(output_dir=f"/tmp/train-speed-{name}", per_device_train_batch_size=bs, gradient_accumulation_steps=1,
+    common = dict(output_dir=f"/tmp/train-speed-{name}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
                   max_steps=a.warmup + a.steps, bf16=torch.cuda.is_available(), gradient_checkpointing=ckpt,
                   gradient_checkpointing_kwargs={"use_reentrant": False} if ckpt else None, max_length=a.maxlen,
                   logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=42,
                   use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant", disable_tqdm=True)
     if plan is not None:
-        common = fast.trainer_kwargs(common, plan)
+        common = fast.trainer_kwargs(common, plan, model=base,
+                                     tokens_per_example=a.maxlen * (2 if stage == "dpo" else 1))
+    bs, ga = common["per_device_train_batch_size"], common["gradient_accumulation_steps"]
     lora = LoraConfig(task_type="CAUSAL_LM", **LORA)
     meter = _Meter()
     torch.manual_seed(0)  # same LoRA init on every path
@@ -284,7 +300,8 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         return orig_step(model, inputs, *r, **k)
 
     tr.training_step = training_step
-    prof = _Profiler(a.warmup, a.profile) if a.profile else None
+    wanted = a.profile_only.split(",") if getattr(a, "profile_only", None) else None
+    prof = _Profiler(a.warmup, a.profile) if a.profile and (wanted is None or name in wanted) else None
     if prof:
         tr.add_callback(prof.cb)
     if torch.cuda.is_available():
@@ -302,7 +319,8 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
            "checkpointing": ckpt}
     if err is None:
         losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
-        res.update(_summary(meter, a.warmup, 1, losses, stage, bs))
+        res.update(_summary(meter, a.warmup, ga, losses, stage, bs))
+        res["grad_accum"], res["examples_per_step"] = ga, bs * ga
         first = tr.state.log_history[0] if tr.state.log_history else {}
         res["first_step"] = {k: first.get(k) for k in ("loss", "logps/chosen", "logps/rejected") if k in first}
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
@@ -404,15 +422,13 @@ def cmd_trl(a) -> None:
     names = a.variants.split(",")
     # Liger patches module forwards for good, so plain paths must run before any fast one.
     names = sorted(names, key=lambda n: VARIANTS[n][1] is not None)
-    max_bs = max(VARIANTS[n][2] for n in names) * a.bs
-    n_sft = max_bs * (a.warmup + a.steps)
-    sft = Dataset.from_list(sft_rows(n_sft, a.maxlen, V))
-    dpo = Dataset.from_list(dpo_rows(max(VARIANTS[n][2] for n in names) * a.dpo_bs * (a.warmup + a.steps),
-                                     a.maxlen, V))
+    mult = max(VARIANTS[n][2] * VARIANTS[n][4] for n in names)
+    sft = Dataset.from_list(sft_rows(mult * a.bs * (a.warmup + a.steps), a.maxlen, V))
+    dpo = Dataset.from_list(dpo_rows(mult * a.dpo_bs * (a.warmup + a.steps), a.maxlen, V))
     for name in names:
-        stage, over, mult, ckpt = VARIANTS[name]
+        stage, over, mult, ckpt, ga = VARIANTS[name]
         bs = (a.bs if stage == "sft" else a.dpo_bs) * mult
-        res, base = run_trl_variant(name, base, tok, sft if stage == "sft" else dpo, a, over, bs, ckpt)
+        res, base = run_trl_variant(name, base, tok, sft if stage == "sft" else dpo, a, over, bs, ckpt, ga)
         out["results"].append(res)
         Path(a.out).write_text(json.dumps(out, indent=1))  # after each path: a timeout keeps what finished
 
@@ -509,31 +525,40 @@ def report(parts: list[dict], model_dir: Path | None, a, gpu: str | None = None,
         per_tok = (4 if r["stage"] == "sft" else 6) * n
         r["mfu"] = round(r["useful_tokens_per_s"] * per_tok / (rate * 1e12), 4) if rate else None
         plain = by.get(f"plain_{r['stage']}")
+        key = "useful_tokens_per_s" if r["stage"] == "sft" else "pairs_per_s"
         if plain and "error" not in plain:
-            key = "useful_tokens_per_s" if r["stage"] == "sft" else "pairs_per_s"
             r["x_plain"] = round(r[key] / plain[key], 3)
-            if r["tool"] == "unsloth":
-                # Unsloth draws its own LoRA A matrices (random_state=3407), so only step 1 (B = 0: every path
-                # is still the base model) is the same computation; later steps legitimately differ.
-                diff = abs(r["losses"][0] - plain["losses"][0]) if r["losses"] and plain["losses"] else None
-                r["loss_check"] = {"what": "step-1 loss (own LoRA init afterwards)", "max_abs_diff": diff,
-                                   "tolerance": TOL["sft"], "ok": diff is not None and diff <= TOL["sft"]}
-            elif r["batch_size"] == plain["batch_size"] and r["path"] != plain["path"] and r["stage"] == "sft":
-                k = min(3, len(r["losses"]), len(plain["losses"]))
-                diff = max(abs(x - y) for x, y in zip(r["losses"][:k], plain["losses"][:k])) if k else None
-                r["loss_check"] = {"what": f"loss of the first {k} steps", "max_abs_diff": diff,
-                                   "tolerance": TOL["sft"], "ok": diff is not None and diff <= TOL["sft"]}
-            elif r["batch_size"] == plain["batch_size"] and r["path"] != plain["path"]:
-                # DPO on random weights: sequence log-probs are ~ -7,000, so after one update the loss moves with
-                # bf16 rounding of those sums; the same-math check is the first step (policy == reference):
-                # loss exactly ln 2 and the summed log-probs of chosen and rejected equal within 0.5%.
-                f, g = r.get("first_step", {}), plain.get("first_step", {})
-                rel = max(abs(f[k] - g[k]) / abs(g[k]) for k in ("logps/chosen", "logps/rejected")
-                          if k in f and k in g and g[k]) if f and g else None
-                dl = abs(f.get("loss", 0) - g.get("loss", 0)) if f and g else None
-                r["loss_check"] = {"what": "step-1 loss and chosen/rejected log-probs", "max_abs_diff": dl,
-                                   "logps_max_rel_diff": rel, "tolerance": TOL["dpo"],
-                                   "ok": rel is not None and rel <= TOL["dpo"] and dl <= 1e-3}
+        # The plain path doing the same optimizer step (same examples per step; of those, the one at TRL's default
+        # micro batch, i.e. with gradient accumulation): speed at equal math, and the loss comparison.
+        ex = r.get("examples_per_step", r["batch_size"])
+        twins = sorted((q for q in results if q["tool"] == "trl" and q["stage"] == r["stage"] and "error" not in q
+                        and q.get("examples_per_step", q["batch_size"]) == ex), key=lambda q: q["batch_size"])
+        twin = twins[0] if twins else None
+        if twin is not None:
+            r["x_plain_same_step"] = round(r[key] / twin[key], 3)
+            r["plain_same_step"] = twin["path"]
+        if r["tool"] == "unsloth" and plain and "error" not in plain:
+            # Unsloth draws its own LoRA A matrices (random_state=3407), so only step 1 (B = 0: every path
+            # is still the base model) is the same computation; later steps legitimately differ.
+            diff = abs(r["losses"][0] - plain["losses"][0]) if r["losses"] and plain["losses"] else None
+            r["loss_check"] = {"what": "step-1 loss (own LoRA init afterwards)", "max_abs_diff": diff,
+                               "tolerance": TOL["sft"], "ok": diff is not None and diff <= TOL["sft"]}
+        elif twin is not None and twin["path"] != r["path"] and r["stage"] == "sft":
+            k = min(3, len(r["losses"]), len(twin["losses"]))
+            diff = max(abs(x - y) for x, y in zip(r["losses"][:k], twin["losses"][:k])) if k else None
+            r["loss_check"] = {"what": f"loss of the first {k} steps vs {twin['path']}", "max_abs_diff": diff,
+                               "tolerance": TOL["sft"], "ok": diff is not None and diff <= TOL["sft"]}
+        elif twin is not None and twin["path"] != r["path"]:
+            # DPO on random weights: sequence log-probs are ~ -7,000, so after one update the loss moves with
+            # bf16 rounding of those sums; the same-math check is the first step (policy == reference):
+            # loss exactly ln 2 and the summed log-probs of chosen and rejected equal within 0.5%.
+            f, g = r.get("first_step", {}), twin.get("first_step", {})
+            rel = max(abs(f[k] - g[k]) / abs(g[k]) for k in ("logps/chosen", "logps/rejected")
+                      if k in f and k in g and g[k]) if f and g else None
+            dl = abs(f.get("loss", 0) - g.get("loss", 0)) if f and g else None
+            r["loss_check"] = {"what": f"step-1 loss and chosen/rejected log-probs vs {twin['path']}",
+                               "max_abs_diff": dl, "logps_max_rel_diff": rel, "tolerance": TOL["dpo"],
+                               "ok": rel is not None and rel <= TOL["dpo"] and dl <= 1e-3}
         uns = by.get("unsloth_sft")
         if r["stage"] == "sft" and uns and "error" not in uns:
             r["x_unsloth"] = round(r["useful_tokens_per_s"] / uns["useful_tokens_per_s"], 3)
@@ -545,19 +570,21 @@ def report(parts: list[dict], model_dir: Path | None, a, gpu: str | None = None,
 
 
 def print_table(rep: dict) -> None:
-    cols = ["path", "bs", "step s", "useful tok/s", "tok/s@median", "pairs/s", "peak GiB", "MFU", "x plain",
+    cols = ["path", "bs x ga", "step s", "useful tok/s", "tok/s@median", "pairs/s", "peak GiB", "MFU", "x plain",
+            "x plain same step",
             "x unsloth", "x uns@median", "loss check"]
     rows = []
     for r in rep["results"]:
         if "error" in r:
-            rows.append([r["path"], "", "", "ERROR " + r["error"][:60]] + [""] * 8)
+            rows.append([r["path"], "", "", "ERROR " + r["error"][:60]] + [""] * 9)
             continue
         lc = r.get("loss_check")
-        rows.append([r["path"], str(r["batch_size"]), f"{r['step_s']:.3f}", f"{r['useful_tokens_per_s']:,.0f}",
+        rows.append([r["path"], f"{r['batch_size']}x{r.get('grad_accum', 1)}", f"{r['step_s']:.3f}", f"{r['useful_tokens_per_s']:,.0f}",
                      f"{r['useful_tokens_per_s_median']:,.0f}",
                      f"{r['pairs_per_s']:.2f}" if "pairs_per_s" in r else "",
                      f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "",
                      f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "", f"{r['x_plain']:.2f}" if "x_plain" in r else "",
+                     f"{r['x_plain_same_step']:.2f}" if "x_plain_same_step" in r else "",
                      f"{r['x_unsloth']:.2f}" if "x_unsloth" in r else "",
                      f"{r['x_unsloth_median']:.2f}" if "x_unsloth_median" in r else "",
                      "" if not lc else f"{'ok' if lc['ok'] else 'FAIL'} {lc['max_abs_diff']:.4f}<={lc['tolerance']}"])
@@ -587,7 +614,8 @@ def cmd_all(a) -> None:
         env["PYTHONPATH"] = os.pathsep.join([a.trl_site, str(ROOT)])
     try:
         subprocess.run([sys.executable, __file__, "trl", *common, "--dpo-bs", str(a.dpo_bs), "--variants",
-                        a.variants, "--profile", str(a.profile), "--out", str(trl_out)], env=env, check=False,
+                        a.variants, "--profile", str(a.profile),
+                        *(["--profile-only", a.profile_only] if a.profile_only else []), "--out", str(trl_out)], env=env, check=False,
                        timeout=a.trl_timeout)
     except subprocess.TimeoutExpired:
         print("trl run timed out", flush=True)
@@ -635,6 +663,7 @@ def main(argv=None) -> None:
     p.add_argument("--unsloth-site", default=None, help="PYTHONPATH entry holding unsloth & its trl")
     p.add_argument("--no-unsloth", action="store_true")
     p.add_argument("--profile", type=int, default=0, help="profile this many steps after warm-up (trl paths)")
+    p.add_argument("--profile-only", default=None, help="comma-separated paths to profile (default: all)")
     p.add_argument("--trl-timeout", type=int, default=480)
     p.add_argument("--unsloth-timeout", type=int, default=240)
     a = p.parse_args(argv)

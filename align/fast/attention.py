@@ -41,6 +41,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if lens is None or len(lens) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    if _varlen_ok(query, dropout):
+        return _varlen(query, key, value, lens, scaling), None
     # split (not slicing) so that backward assembles the three input gradients with one concatenation each.
     # cuDNN's SDPA is left out: it builds an execution plan for every new sequence length, which cost ~2 ms of
     # CPU per call on an H100 (profiled) since example lengths rarely repeat; flash has no per-shape setup.
@@ -50,6 +52,78 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
             for q, k, v in zip(query.split(lens, dim=2), key.split(lens, dim=2), value.split(lens, dim=2))
         ]
     return torch.cat(outs, dim=1), None
+
+
+# -- one varlen flash call for the whole row (CUDA) ----------------------------------------------------------
+# A Python loop of one SDPA call per example costs a few kernel launches and autograd nodes per example per layer
+# (forward, recomputation and backward); the flash kernel's variable-length entry point takes the examples'
+# boundaries and does them all in one launch. PyTorch exposes it as the aten ops used under
+# torch.nn.attention.varlen; they are called directly because that wrapper's signature moved between releases.
+
+_CU: dict = {}
+_GQA_NATIVE = [True]  # set to False if this build's kernel refuses fewer key/value heads than query heads
+
+
+USE_VARLEN = [True]  # FastPlan.varlen_attention; False keeps one SDPA call per example (measurements)
+
+
+def _varlen_ok(query, dropout: float) -> bool:
+    return (USE_VARLEN[0] and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout
+            and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256
+            and hasattr(torch.ops.aten, "_flash_attention_forward"))
+
+
+def _cu_seqlens(lens, device):
+    key = (tuple(lens), device)
+    cu = _CU.get(key)
+    if cu is None:
+        if len(_CU) > 16:
+            _CU.clear()
+        offsets = [0]
+        for n in lens:
+            offsets.append(offsets[-1] + n)
+        cu = _CU[key] = torch.tensor(offsets, dtype=torch.int32, device=device)
+    return cu
+
+
+class _FlashVarlen(torch.autograd.Function):
+    """Causal flash attention over examples laid end to end: (tokens, heads, dim) in and out."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu, max_len, scale):
+        out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+        ctx.max_len, ctx.scale = max_len, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, 0.0, True, rng, unused,
+            scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def _varlen(query, key, value, lens, scaling):
+    """(1, heads, tokens, dim) query/key/value in, (1, tokens, heads, dim) out, like transformers' SDPA."""
+    q = query[0].transpose(0, 1).contiguous()
+    k = key[0].transpose(0, 1).contiguous()
+    v = value[0].transpose(0, 1).contiguous()
+    if k.shape[1] != q.shape[1] and not _GQA_NATIVE[0]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    cu = _cu_seqlens(lens, q.device)
+    scale = scaling if scaling is not None else q.shape[-1] ** -0.5
+    try:
+        out = _FlashVarlen.apply(q, k, v, cu, max(lens), scale)
+    except RuntimeError:
+        if k.shape[1] == q.shape[1]:
+            raise
+        _GQA_NATIVE[0] = False
+        return _varlen(query, key, value, lens, scaling)
+    return out.unsqueeze(0)
 
 
 def _backends(device):

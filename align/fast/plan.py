@@ -8,6 +8,7 @@ which is what the CPU tests exercise; ``"off"`` is the plain TRL path.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,6 +20,11 @@ class FastPlan:
     reason: str
     unpad: bool = False  # padding-free forward with attention kept within each example
     liger: bool = False  # Liger kernels (RMSNorm, RoPE, SwiGLU; fused linear cross-entropy for SFT)
+    # on CUDA, one variable-length flash call per layer instead of one per example; ORCHARD_FAST_VARLEN=0 turns
+    # it off (a build whose flash kernel misbehaves; measurements)
+    varlen_attention: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_VARLEN", "1") != "0")
+    fused_lora: bool = False  # LoRA update added by one addmm instead of PEFT's clone + matmuls + scale + add
+    fold_accumulation: bool = False  # gradient accumulation folded into larger micro batches that fit the budget
     keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
     memory_budget_gib: float = 16.0  # what "auto" may fill
     notes: list[str] = field(default_factory=list)
@@ -44,24 +50,66 @@ def decide(mode: str = "auto", keep_layers: int | str = "auto", memory_budget_gi
         why = "no CUDA GPU" if not gpu else f"GPU compute capability {cc[0]}.{cc[1]} < 8.0"
         return FastPlan(False, f"{why}: plain TRL path")
     plan = FastPlan(True, "fast_path: on" if mode == "on" else f"CUDA GPU, compute capability {cc[0]}.{cc[1]}",
-                    unpad=True, keep_layers=keep_layers if gpu else 0, memory_budget_gib=memory_budget_gib)
+                    unpad=True, fused_lora=True, fold_accumulation=gpu, keep_layers=keep_layers if gpu else 0,
+                    memory_budget_gib=memory_budget_gib)
     plan.liger = gpu and _liger_ok()
     if gpu and not plan.liger:
         plan.notes.append("liger-kernel not installed: install orchard[gpu] for its fused kernels")
     return plan
 
 
-def trainer_kwargs(kw: dict, plan: FastPlan) -> dict:
-    """Adjust TRL config keyword arguments before the trainer is built (returns a new dict)."""
+def trainer_kwargs(kw: dict, plan: FastPlan, model=None, tokens_per_example: int | None = None) -> dict:
+    """Adjust TRL config keyword arguments before the trainer is built (returns a new dict).
+
+    With ``fold_accumulation`` and the loaded ``model``, ``gradient_accumulation_steps`` is folded into the micro
+    batch as far as the memory budget allows (``tokens_per_example``: the longest example, twice the maximum
+    length for DPO's chosen + rejected; default ``max_length`` of ``kw`` or 2,048). The
+    optimizer sees the same examples per step and the same loss (TRL and transformers normalise an accumulated
+    step's loss over all its tokens or pairs), but each forward and backward covers more tokens, so the fixed
+    costs of a pass (4-bit dequantization, kernel launches, Python) are paid fewer times.
+    """
     kw = dict(kw)
     if plan.enabled and plan.liger:
         kw["use_liger_kernel"] = True
+    ga = int(kw.get("gradient_accumulation_steps") or 1)
+    if plan.enabled and plan.fold_accumulation and model is not None and ga > 1:
+        bs = int(kw.get("per_device_train_batch_size") or 8)
+        tokens = tokens_per_example or int(kw.get("max_length") or 2048)
+        f = fold_factor(model, bs, ga, tokens, plan.memory_budget_gib)
+        if f > 1:
+            kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"] = bs * f, ga // f
+            plan.notes.append(f"gradient accumulation {ga} x {bs} folded into {ga // f} x {bs * f} examples")
     return kw
+
+
+def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: int, budget_gib: float,
+                margin_gib: float = 1.0) -> int:
+    """The largest divisor f of ``accumulation`` whose micro batch (``batch_size * f`` examples of at most
+    ``tokens_per_example`` tokens) fits the budget: the model's own bytes plus, per token, the checkpointed layer
+    inputs and one decoder layer's activations during its recomputation (from
+    :func:`orchard.align.fast.checkpointing.layer_bytes_per_token`; measured peaks stayed under this)."""
+    from .checkpointing import layer_bytes_per_token
+    from .unpad import backbone
+
+    try:
+        inner = backbone(model)
+    except TypeError:
+        return 1
+    cfg = inner.config
+    static = sum(p.numel() * p.element_size() for p in model.parameters())
+    static += sum(b.numel() * b.element_size() for b in model.buffers())
+    per_token = 2 * cfg.hidden_size * len(inner.layers) + layer_bytes_per_token(cfg)
+    room = (budget_gib - margin_gib) * 2**30 - static
+    best = 1
+    for f in range(1, accumulation + 1):
+        if accumulation % f == 0 and batch_size * f * tokens_per_example * per_token <= room:
+            best = f
+    return best
 
 
 def apply(trainer, plan: FastPlan) -> dict:
     """Patch a built TRL trainer's model in place; returns what was applied (for metrics/manifests)."""
-    from . import unpad
+    from . import attention, lora, unpad
     from .checkpointing import PartialCheckpointing
 
     done = {"fast_path": plan.enabled, "reason": plan.reason}
@@ -69,7 +117,12 @@ def apply(trainer, plan: FastPlan) -> dict:
         return done
     if plan.unpad:
         unpad.enable(trainer.model)
+        attention.USE_VARLEN[0] = plan.varlen_attention
         done["padding_free"] = True
+    if plan.fused_lora:
+        done["fused_lora_layers"] = lora.enable(trainer.model)
+    if plan.notes:
+        done["notes"] = list(plan.notes)
     if plan.keep_layers and trainer.args.gradient_checkpointing:
         args = trainer.args
         rows = args.per_device_train_batch_size * (2 if hasattr(args, "beta") else 1)  # DPO: chosen + rejected
@@ -87,7 +140,7 @@ class FastPathCallback:
     def __new__(cls, plan: FastPlan):
         from transformers import TrainerCallback
 
-        from . import unpad
+        from . import attention, lora, unpad
         from .checkpointing import PartialCheckpointing
 
         class _CB(TrainerCallback):
@@ -100,6 +153,9 @@ class FastPathCallback:
                     return
                 if plan.unpad:
                     unpad.enable(model)
+                    attention.USE_VARLEN[0] = plan.varlen_attention
+                if plan.fused_lora:
+                    lora.enable(model)
                 if plan.keep_layers and args.gradient_checkpointing:
                     rows = args.per_device_train_batch_size * (2 if hasattr(args, "beta") else 1)
                     self.partial = PartialCheckpointing(plan.keep_layers, plan.memory_budget_gib,

@@ -1,0 +1,72 @@
+"""Leaner LoRA layers: the adapter's update added to the base layer's output in one fused matrix product.
+
+PEFT's LoRA forward (for plain and 4-bit base layers alike) clones the base output, runs ``lora_B(lora_A(x))``,
+multiplies by the scaling and adds: three element-wise passes over every linear layer's output, each with its
+own kernel launch and autograd node, in the forward, the recomputed forward and the backward. With the base
+frozen, the same sum is ``addmm(base(x), x @ A^T, B^T, alpha=scaling)``: one GEMM that adds in place of its
+output, no clone, no separate scaling. At 4-8k tokens per step an 8B QLoRA step is bound by such launches
+(profiled: ~10k kernels a step), so fewer of them is time saved.
+
+``enable(model)`` patches the LoRA layers of a PEFT model in place (idempotent, undone by ``disable``). A call the
+fast form does not cover (adapters disabled or merged, several active adapters, dropout, DoRA and other
+variants, mixed-adapter batches, no autocast with mismatched dtypes) runs PEFT's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_CLASSES: dict[type, type] = {}
+
+
+def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    peft_forward = type(self).__mro__[1].forward
+    if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+        return peft_forward(self, x, *args, **kwargs)
+    name = self.active_adapters[0]
+    if (name not in self.lora_A or name in getattr(self, "lora_variant", {})
+            or not isinstance(self.lora_dropout[name], torch.nn.Identity)):
+        return peft_forward(self, x, *args, **kwargs)
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    if not torch.is_autocast_enabled(x.device.type) and not x.dtype == a.dtype == b.dtype:
+        return peft_forward(self, x, *args, **kwargs)  # PEFT casts around the adapter; keep its rules
+    result = self.base_layer(x)
+    if result.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
+        return peft_forward(self, x, *args, **kwargs)
+    xa = x.reshape(-1, x.shape[-1]) @ a.t()
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), xa, b.t(), alpha=self.scaling[name])
+    return out.view(result.shape)
+
+
+def _fused_class(cls: type) -> type:
+    # A subclass (not an instance attribute) so that deepcopy, pickling and PEFT's own isinstance checks keep
+    # working; its parent's forward is the fallback.
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward, "_orchard_fused": True})
+    return _CLASSES[cls]
+
+
+def lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m, "base_layer")]
+
+
+def enable(model) -> int:
+    """Patch every LoRA linear layer under ``model``; returns how many were patched now."""
+    n = 0
+    for layer in lora_layers(model):
+        if getattr(layer, "_orchard_fused", False) or not hasattr(layer.get_base_layer(), "in_features"):
+            continue  # already done; embeddings and convolutions keep PEFT's forward
+        layer.__class__ = _fused_class(type(layer))
+        n += 1
+    return n
+
+
+def disable(model) -> int:
+    n = 0
+    for layer in lora_layers(model):
+        if getattr(layer, "_orchard_fused", False):
+            layer.__class__ = type(layer).__mro__[1]
+            n += 1
+    return n

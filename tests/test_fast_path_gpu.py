@@ -1,0 +1,70 @@
+"""On a CUDA GPU: the one-call variable-length flash attention computes what one SDPA call per example computes.
+
+Skipped without a GPU (CI has none); run on the device machine with ``python3 tests/test_fast_path_gpu.py``
+(no pytest needed there) or pytest. Grouped-query shapes of Llama-3-8B (32 query heads, 8 key/value heads,
+head dim 128), bf16, examples of very different lengths including a single token.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _compare(lens=(37, 700, 1, 129, 1500), heads=32, kv_heads=8, dim=128, seed=0):
+    from orchard.align.fast import attention
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    t = sum(lens)
+
+    def rnd(h):
+        return torch.randn(1, h, t, dim, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    q0, k0, v0 = rnd(heads), rnd(kv_heads), rnd(kv_heads)
+    grad = torch.randn(1, t, heads, dim, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    class M:  # what transformers' sdpa_attention_forward reads off the attention module
+        num_key_value_groups = heads // kv_heads
+        is_causal = True
+        training = True
+
+    results = []
+    for varlen in (True, False):
+        attention.USE_VARLEN[0] = varlen
+        q, k, v = (x.clone().requires_grad_() for x in (q0, k0, v0))
+        out, _ = attention.packed_attention(M(), q, k, v, None, scaling=dim**-0.5,
+                                            **{attention.SEQ_LENS_KEY: list(lens)})
+        out.backward(grad)
+        results.append((out.float(), q.grad.float(), k.grad.float(), v.grad.float()))
+    attention.USE_VARLEN[0] = True
+    diffs = {}
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
+        assert a.shape == b.shape, name
+        diffs[name] = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+    return diffs
+
+
+def test_varlen_flash_matches_per_example_sdpa():
+    diffs = _compare()
+    assert all(d < 2e-2 for d in diffs.values()), diffs  # bf16: kernels sum in different orders
+
+
+def test_varlen_flash_without_gqa():
+    diffs = _compare(heads=8, kv_heads=8)
+    assert all(d < 2e-2 for d in diffs.values()), diffs
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import train_speed
+
+    train_speed._orchard_importable()
+    for kw in ({}, {"heads": 8, "kv_heads": 8}):
+        d = _compare(**kw)
+        ok = all(x < 2e-2 for x in d.values())
+        print("VARLEN", kw or "gqa 32/8", {k: f"{v:.2e}" for k, v in d.items()}, "ok" if ok else "FAIL", flush=True)
