@@ -278,3 +278,44 @@ def test_auto_keep_fits_the_budget():
     assert checkpointing.auto_keep(16.0, 9.0, 8192, cfg, 32) == 5
     assert checkpointing.auto_keep(16.0, 15.5, 8192, cfg, 32) == 0
     assert checkpointing.auto_keep(1000.0, 9.0, 8192, cfg, 32) == 32
+
+
+def test_token_budget_keeps_more_layers_for_shorter_batches():
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32)
+    per_layer = checkpointing.layer_bytes_per_token(cfg)
+    # 8B-like: 5.7 GiB of weights, 0.4 MB per token with every layer checkpointed, 16 GiB budget, 1 GiB margin
+    tb = checkpointing.TokenBudget(16.0, int(5.7 * 2**30), 0.4e6, cfg, 32)
+    ks = {t: tb.keep_for(t) for t in (1000, 4600, 8192, 16384, 40000)}
+    assert ks[1000] == 32 and ks[40000] == 0
+    assert ks[1000] >= ks[4600] > ks[8192] > ks[16384]
+    for t, k in ks.items():  # the modelled peak stays within budget - margin
+        assert 5.7 * 2**30 + 0.4e6 * t + k * per_layer * t <= 15 * 2**30 or k == 0
+    assert tb.seen == {32: 1, ks[4600]: 1, ks[8192]: 1, ks[16384]: 1, 0: 1}
+
+
+def test_kept_layers_follow_each_batch_and_math_is_unchanged(spy):
+    plain = _tiny_peft()
+    packed = copy.deepcopy(plain)
+    unpad.enable(packed)
+    for m in (plain, packed):
+        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+        m.train()
+    inner = unpad.backbone(packed)
+    asked = []
+
+    def keep_for(tokens):  # long batches keep fewer layers
+        asked.append(tokens)
+        return 3 if tokens < 50 else 1
+
+    inner.__dict__["_orchard_keep_for"] = keep_for
+    inner.__dict__["_orchard_tokens_max"] = 0
+    for lens, kept in (([12, 20, 3], [False, False, False]), ([40, 33], [True, True, False])):
+        ids, am, labels = _batch(lens)
+        _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(packed, ids, am, labels))
+        assert [lay.gradient_checkpointing for lay in inner.layers] == kept
+    assert asked == [35, 73] and inner.__dict__["_orchard_tokens_max"] == 73
+    with torch.no_grad():  # reference forwards (no gradients) leave the choice alone
+        packed(input_ids=ids[:, :5], attention_mask=am[:, :5])
+    assert asked == [35, 73]

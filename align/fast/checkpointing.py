@@ -24,11 +24,25 @@ _KEPT: dict[type, type] = {}
 
 def _kept_class(cls: type) -> type:
     if cls not in _KEPT:
+        # reads say False; what the Trainer sets meanwhile is remembered for when the layer is checkpointed again
         _KEPT[cls] = type(f"Kept{cls.__name__}", (cls,), {
-            "gradient_checkpointing": property(lambda self: False, lambda self, value: None),
+            "gradient_checkpointing": property(lambda self: False,
+                                               lambda self, value: self.__dict__.__setitem__("_orchard_ckpt", value)),
             "_orchard_kept": True,
         })
     return _KEPT[cls]
+
+
+def _keep(layer) -> None:
+    if not getattr(layer, "_orchard_kept", False):
+        layer.__dict__["_orchard_ckpt"] = layer.__dict__.pop("gradient_checkpointing", layer.gradient_checkpointing)
+        layer.__class__ = _kept_class(type(layer))
+
+
+def _unkeep(layer) -> None:
+    if getattr(layer, "_orchard_kept", False):
+        layer.__class__ = type(layer).__mro__[1]
+        layer.gradient_checkpointing = layer.__dict__.pop("_orchard_ckpt", False)
 
 
 def set_kept_layers(model, keep: int) -> int:
@@ -36,10 +50,16 @@ def set_kept_layers(model, keep: int) -> int:
     layers = list(backbone(model).layers)
     keep = max(0, min(int(keep), len(layers)))
     for layer in layers[len(layers) - keep:]:
-        if not getattr(layer, "_orchard_kept", False):
-            layer.__dict__.pop("gradient_checkpointing", None)
-            layer.__class__ = _kept_class(type(layer))
+        _keep(layer)
     return keep
+
+
+def set_kept_exact(inner, keep: int) -> None:
+    """Exactly the last ``keep`` layers of the backbone ``inner`` kept, the others checkpointed as configured."""
+    layers = inner.layers
+    cut = len(layers) - max(0, min(int(keep), len(layers)))
+    for i, layer in enumerate(layers):
+        (_keep if i >= cut else _unkeep)(layer)
 
 
 def reset_kept_layers(model) -> int:
@@ -47,8 +67,11 @@ def reset_kept_layers(model) -> int:
     n = 0
     for layer in backbone(model).layers:
         if getattr(layer, "_orchard_kept", False):
-            layer.__class__ = type(layer).__mro__[1]
+            _unkeep(layer)
             n += 1
+    inner = backbone(model)
+    inner.__dict__.pop("_orchard_keep_for", None)
+    inner.__dict__.pop("_orchard_tokens_max", None)
     return n
 
 
@@ -66,25 +89,76 @@ def auto_keep(budget_gib: float, peak_gib: float, tokens: int, config, n_layers:
     return max(0, min(n_layers, math.floor(room / per_layer))) if per_layer > 0 else 0
 
 
+class TokenBudget:
+    """Kept layers chosen per micro batch from its token count (set by the padding-free forward, which knows it).
+
+    Memory at ``tokens`` with every layer checkpointed is modelled as ``static + per_token * tokens`` (both
+    measured: the model's own memory at train begin, and the first step's peak); each kept layer adds
+    :func:`layer_bytes_per_token` per token. A batch of short examples keeps many layers, a long one few, and
+    every batch stays under the budget less the margin.
+    """
+
+    def __init__(self, budget_gib: float, static_bytes: int, per_token_bytes: float, config, n_layers: int,
+                 margin_gib: float = 1.0):
+        self.room = (budget_gib - margin_gib) * 2**30 - static_bytes
+        self.per_token, self.layer = per_token_bytes, layer_bytes_per_token(config)
+        self.n_layers = n_layers
+        self.seen: dict[int, int] = {}  # kept layers -> micro batches (reported in metrics)
+
+    def keep_for(self, tokens: int) -> int:
+        free = self.room - self.per_token * tokens
+        k = max(0, min(self.n_layers, math.floor(free / (self.layer * tokens)))) if tokens > 0 else 0
+        self.seen[k] = self.seen.get(k, 0) + 1
+        return k
+
+
 class PartialCheckpointing(TrainerCallback):
-    """``keep``: an int, or "auto" with ``budget_gib`` and the largest tokens per micro batch."""
+    """``keep``: an int, or "auto" with ``budget_gib`` and the largest tokens per micro batch.
+
+    "auto" with the padding-free forward: per micro batch (:class:`TokenBudget`), after a first step with every
+    layer checkpointed that measures the memory per token. Without it (no token counts): one number for the
+    whole run from the largest possible batch (``max_tokens``), after the first step.
+    """
 
     def __init__(self, keep: int | str, budget_gib: float = 16.0, max_tokens: int | None = None):
         self.keep, self.budget_gib, self.max_tokens = keep, budget_gib, max_tokens
-        self.applied: int | None = None
+        self.applied: int | str | None = None
+        self.static = None
+        self.budget: TokenBudget | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.gradient_checkpointing and model is not None and self.keep != "auto":
             self.applied = set_kept_layers(model, int(self.keep))
+        elif self.keep == "auto" and torch.cuda.is_available():
+            self.static = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            if model is not None:
+                backbone(model).__dict__["_orchard_tokens_max"] = 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if (self.keep != "auto" or self.applied is not None or model is None or not args.gradient_checkpointing
                 or not torch.cuda.is_available()):
             return
         inner = backbone(model)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        peak_b = torch.cuda.max_memory_allocated()
+        peak = peak_b / 2**30
+        t1 = inner.__dict__.get("_orchard_tokens_max") or 0
+        if t1 > 0 and self.static is not None:
+            per_token = max(0, peak_b - self.static) / t1
+            self.budget = TokenBudget(self.budget_gib, self.static, per_token, inner.config, len(inner.layers))
+            inner.__dict__["_orchard_keep_for"] = self.budget.keep_for
+            self.applied = "per batch"
+            log.info("fast path: kept layers chosen per batch (%.0f kB per token measured at %d tokens, "
+                     "budget %.1f GiB)", per_token / 1e3, t1, self.budget_gib)
+            return
         tokens = self.max_tokens or args.per_device_train_batch_size * (getattr(args, "max_length", None) or 2048)
         k = auto_keep(self.budget_gib, peak, tokens, inner.config, len(inner.layers))
         self.applied = set_kept_layers(model, k)
         log.info("fast path: %d of %d layers left out of checkpointing (peak %.1f GiB, budget %.1f GiB)",
                  self.applied, len(inner.layers), peak, self.budget_gib)
+
+    def report(self) -> dict:
+        """What was kept: a number, or per batch how many micro batches kept how many layers."""
+        if self.budget is not None:
+            return {"per_batch": {str(k): n for k, n in sorted(self.budget.seen.items())}}
+        return {"layers": self.applied}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 
 from .attention import ATTN_NAME, SEQ_LENS_KEY, register
 
@@ -64,6 +65,17 @@ def enable(model) -> bool:
         mask = attention_mask.bool()
         keep = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync of the step's forward
         lens = tuple(int(n) for n in mask.sum(1).tolist() if n > 0)
+        total = sum(lens)
+        # for the kept-layer planner (orchard.align.fast.checkpointing): token counts of gradient forwards
+        if torch.is_grad_enabled():
+            d = inner.__dict__
+            if "_orchard_tokens_max" in d:
+                d["_orchard_tokens_max"] = max(d["_orchard_tokens_max"], total)
+            keep_for = d.get("_orchard_keep_for")
+            if keep_for is not None:
+                from .checkpointing import set_kept_exact
+
+                set_kept_exact(inner, keep_for(total))
         pos = (mask.cumsum(1) - 1) if position_ids is None else position_ids.expand(b, -1)
         pos = pos.reshape(-1).index_select(0, keep).unsqueeze(0)
         if input_ids is not None:
