@@ -71,6 +71,8 @@ VARIANTS = {
     "fast_sft_ga2_fold": ("sft", dict(fold_accumulation=True), 1, True, 2),  # forced (CPU tests)
     "fast_dpo": ("dpo", dict(), 1, True, 1),
     "fast_dpo_nofuse": ("dpo", dict(fused_lora=False), 1, True, 1),
+    "fast_dpo_noshare": ("dpo", dict(shared_prefix=False), 1, True, 1),
+    "fast_dpo_ga2_noshare": ("dpo", dict(shared_prefix=False), 1, True, 2),
     "fast_dpo_nokeep": ("dpo", dict(keep_layers=0), 1, True, 1),
     "fast_dpo_keep8": ("dpo", dict(keep_layers=8), 1, True, 1),
     "fast_dpo_bs2x": ("dpo", dict(), 2, True, 1),

@@ -319,3 +319,74 @@ def test_kept_layers_follow_each_batch_and_math_is_unchanged(spy):
     with torch.no_grad():  # reference forwards (no gradients) leave the choice alone
         packed(input_ids=ids[:, :5], attention_mask=am[:, :5])
     assert asked == [35, 73]
+
+
+def _pairs(prompt_lens, chosen_lens, rejected_lens, seed=3):
+    """A right-padded [chosen; rejected] batch as TRL's DPO collator builds it: each row prompt + completion."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    prompts = [torch.randint(3, 300, (p,), generator=g) for p in prompt_lens]
+    for comp_lens in (chosen_lens, rejected_lens):
+        for pr, n in zip(prompts, comp_lens):
+            rows.append((pr, torch.randint(3, 300, (n,), generator=g)))
+    t = max(len(p) + len(c) for p, c in rows)
+    ids = torch.zeros(len(rows), t, dtype=torch.long)
+    am = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (p, c) in enumerate(rows):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.cat([p, c])
+        am[i, :n] = 1
+        labels[i, len(p):n] = ids[i, len(p):n]
+    return ids, am, labels
+
+
+def test_shared_prefix_plan_layout():
+    from orchard.align.fast import prefix
+
+    ids, am, _ = _pairs([5, 9], [3, 4], [6, 2])
+    pp = prefix.plan(ids, am)
+    # pair 0: prompt 5 + chosen 3 whole, then rejected's 6 own tokens (its prompt shared); pair 1: 9 + 4, then 2
+    assert pp.lens_q == (8, 6, 13, 2) and pp.lens_k == (8, 11, 13, 11)
+    assert pp.shared == 5 + 9 and pp.gather.numel() == sum(pp.lens_q) == 29
+    assert pp.src.numel() == int(am.sum())
+    # the packed row holds exactly the tokens the padded rows hold, the shared prompts once
+    packed = ids.reshape(-1)[pp.gather]
+    assert torch.equal(packed[pp.src], ids[am.bool()])
+    # not a pair batch: odd rows, left padding, nothing shared
+    assert prefix.plan(ids[:3], am[:3]) is None
+    assert prefix.plan(ids.flip(1), am.flip(1)) is None
+    assert prefix.plan(*_batch([20, 9, 33, 14])[:2]) is None
+
+
+def test_shared_prefix_dpo_logps_and_grads_match(spy):
+    """TRL's fused log-prob head over a DPO batch whose pairs share prompts: the same log-probs and LoRA
+    gradients with each prompt computed once (including the reference forward, without gradients)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from orchard.align.fast import lora
+
+    plain = _tiny_peft()
+    add_fused_lm_head(plain.get_base_model())
+    packed = copy.deepcopy(plain)
+    unpad.enable(packed)
+    lora.enable(packed)
+    unpad.backbone(packed).__dict__["_orchard_share_prefix"] = True
+    ids, am, labels = _pairs([30, 12, 41], [9, 25, 4], [17, 3, 22])
+    outs = []
+    for m in (plain, packed):
+        m.zero_grad()
+        with torch.no_grad(), m.disable_adapter():
+            ref = m(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True, use_cache=False)
+        o = m(input_ids=ids, attention_mask=am, labels=labels, fused_lm_head=True, use_cache=False)
+        logps = o.log_probs.sum(1)
+        ref_logps = ref.log_probs.sum(1)
+        d = (logps[:3] - ref_logps[:3]) - (logps[3:] - ref_logps[3:])
+        (-torch.nn.functional.logsigmoid(0.1 * d)).mean().backward()
+        outs.append((o.log_probs.detach(), ref.log_probs, {n: p.grad.clone() for n, p in m.named_parameters()
+                                                          if p.requires_grad}))
+    assert torch.allclose(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(outs[1][1], outs[0][1], rtol=1e-5, atol=1e-5)
+    for k in outs[0][2]:
+        assert torch.allclose(outs[1][2][k], outs[0][2][k], rtol=1e-4, atol=1e-6), k
+    assert spy == []  # the shared-prefix attention ran, not the per-example one

@@ -13,6 +13,7 @@ import torch
 
 ATTN_NAME = "orchard_packed"
 SEQ_LENS_KEY = "orchard_seq_lens"
+KV_KEY = "orchard_kv"  # (key index, key segment lengths) for shared prefixes (orchard.align.fast.prefix)
 
 
 def _segment_lengths(total: int, kwargs: dict) -> list[int] | None:
@@ -35,8 +36,11 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     """(batch, heads, tokens, head_dim) in, (batch, tokens, heads, head_dim) out, like transformers' SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    kv = kwargs.get(KV_KEY)
+    if kv is not None and query.shape[0] == 1:
+        return _prefix_attention(query, key, value, tuple(kwargs[SEQ_LENS_KEY]), kv, dropout, scaling), None
     lens = _segment_lengths(query.shape[2], kwargs) if query.shape[0] == 1 else None
-    kwargs = {k: v for k, v in kwargs.items() if k not in (SEQ_LENS_KEY, "is_causal", "cu_seq_lens_q",
+    kwargs = {k: v for k, v in kwargs.items() if k not in (SEQ_LENS_KEY, KV_KEY, "is_causal", "cu_seq_lens_q",
                                                             "cu_seq_lens_k", "max_length_q", "max_length_k")}
     if lens is None or len(lens) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -87,26 +91,28 @@ def _cu_seqlens(lens, device):
 
 
 class _FlashVarlen(torch.autograd.Function):
-    """Causal flash attention over examples laid end to end: (tokens, heads, dim) in and out."""
+    """Causal flash attention over examples laid end to end: (tokens, heads, dim) in and out. Where a segment
+    has more keys than queries (a shared prefix), the causal mask is aligned to the bottom right (flash's
+    convention): query j of a suffix sees the prefix and the suffix up to j."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu, max_len, scale):
+    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale):
         out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
-        ctx.max_len, ctx.scale = max_len, scale
+            q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, rng, unused)
+        ctx.max_q, ctx.max_k, ctx.scale = max_q, max_k, scale
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+        q, k, v, out, lse, cu_q, cu_k, rng, unused = ctx.saved_tensors
         dq, dk, dv = torch.ops.aten._flash_attention_backward(
-            grad.contiguous(), q, k, v, out, lse, cu, cu, ctx.max_len, ctx.max_len, 0.0, True, rng, unused,
+            grad.contiguous(), q, k, v, out, lse, cu_q, cu_k, ctx.max_q, ctx.max_k, 0.0, True, rng, unused,
             scale=ctx.scale)
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
-def _varlen(query, key, value, lens, scaling):
+def _varlen(query, key, value, lens, scaling, lens_k=None):
     """(1, heads, tokens, dim) query/key/value in, (1, tokens, heads, dim) out, like transformers' SDPA."""
     q = query[0].transpose(0, 1).contiguous()
     k = key[0].transpose(0, 1).contiguous()
@@ -114,16 +120,42 @@ def _varlen(query, key, value, lens, scaling):
     if k.shape[1] != q.shape[1] and not _GQA_NATIVE[0]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    cu = _cu_seqlens(lens, q.device)
+    lens_k = lens if lens_k is None else lens_k
+    cu_q = _cu_seqlens(lens, q.device)
+    cu_k = cu_q if lens_k == lens else _cu_seqlens(lens_k, q.device)
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
     try:
-        out = _FlashVarlen.apply(q, k, v, cu, max(lens), scale)
+        out = _FlashVarlen.apply(q, k, v, cu_q, cu_k, max(lens), max(lens_k), scale)
     except RuntimeError:
         if k.shape[1] == q.shape[1]:
             raise
         _GQA_NATIVE[0] = False
-        return _varlen(query, key, value, lens, scaling)
+        return _varlen(query, key, value, lens, scaling, lens_k)
     return out.unsqueeze(0)
+
+
+def _prefix_attention(query, key, value, lens_q, kv, dropout, scaling):
+    """Segments whose keys are gathered by index (shared prefixes), causal aligned to the bottom right."""
+    index, lens_k = kv
+    key, value = key.index_select(2, index), value.index_select(2, index)
+    if _varlen_ok(query, dropout):
+        return _varlen(query, key, value, lens_q, scaling, tuple(lens_k))
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    outs = []
+    for q, k, v in zip(query.split(list(lens_q), dim=2), key.split(list(lens_k), dim=2),
+                       value.split(list(lens_k), dim=2)):
+        nq, nk = q.shape[2], k.shape[2]
+        if nq == nk:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                                 dropout_p=dropout)
+        else:
+            allowed = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(diagonal=nk - nq)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scaling,
+                                                                 dropout_p=dropout)
+        outs.append(o.transpose(1, 2))
+    return torch.cat(outs, dim=1)
 
 
 def _backends(device):

@@ -23,6 +23,8 @@ class FastPlan:
     # on CUDA, one variable-length flash call per layer instead of one per example; ORCHARD_FAST_VARLEN=0 turns
     # it off (a build whose flash kernel misbehaves; measurements)
     varlen_attention: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_VARLEN", "1") != "0")
+    # DPO: each pair's prompt computed once for chosen and rejected (fast.prefix); ORCHARD_FAST_SHARED_PREFIX=0 off
+    shared_prefix: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_SHARED_PREFIX", "1") != "0")
     fused_lora: bool = False  # LoRA update added by one addmm instead of PEFT's clone + matmuls + scale + add
     fold_accumulation: bool = False  # gradient accumulation folded into larger micro batches that fit the budget
     keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
@@ -119,6 +121,9 @@ def apply(trainer, plan: FastPlan) -> dict:
         unpad.enable(trainer.model)
         attention.USE_VARLEN[0] = plan.varlen_attention
         done["padding_free"] = True
+        if plan.shared_prefix and hasattr(trainer.args, "beta"):  # a preference trainer: [chosen; rejected]
+            unpad.backbone(trainer.model).__dict__["_orchard_share_prefix"] = True
+            done["shared_prefix"] = True
     if plan.fused_lora:
         done["fused_lora_layers"] = lora.enable(trainer.model)
     if plan.notes:
@@ -154,6 +159,8 @@ class FastPathCallback:
                 if plan.unpad:
                     unpad.enable(model)
                     attention.USE_VARLEN[0] = plan.varlen_attention
+                    if plan.shared_prefix and hasattr(args, "beta"):
+                        unpad.backbone(model).__dict__["_orchard_share_prefix"] = True
                 if plan.fused_lora:
                     lora.enable(model)
                 if plan.keep_layers and args.gradient_checkpointing:

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .attention import ATTN_NAME, SEQ_LENS_KEY, register
+from .attention import ATTN_NAME, KV_KEY, SEQ_LENS_KEY, register
 
 
 def backbone(model):
@@ -65,7 +65,13 @@ def enable(model) -> bool:
         mask = attention_mask.bool()
         keep = mask.reshape(-1).nonzero().squeeze(1)  # the one host sync of the step's forward
         lens = tuple(int(n) for n in mask.sum(1).tolist() if n > 0)
-        total = sum(lens)
+        shared = None
+        if inner.__dict__.get("_orchard_share_prefix") and position_ids is None:
+            from .prefix import plan as prefix_plan
+
+            shared = prefix_plan(input_ids, mask)
+        gather = keep if shared is None else shared.gather
+        total = int(gather.numel())
         # for the kept-layer planner (orchard.align.fast.checkpointing): token counts of gradient forwards
         if torch.is_grad_enabled():
             d = inner.__dict__
@@ -77,14 +83,20 @@ def enable(model) -> bool:
 
                 set_kept_exact(inner, keep_for(total))
         pos = (mask.cumsum(1) - 1) if position_ids is None else position_ids.expand(b, -1)
-        pos = pos.reshape(-1).index_select(0, keep).unsqueeze(0)
+        pos = pos.reshape(-1).index_select(0, gather).unsqueeze(0)
         if input_ids is not None:
-            packed = dict(input_ids=input_ids.reshape(-1).index_select(0, keep).unsqueeze(0))
+            packed = dict(input_ids=input_ids.reshape(-1).index_select(0, gather).unsqueeze(0))
         else:
-            packed = dict(inputs_embeds=inputs_embeds.reshape(b * t, -1).index_select(0, keep).unsqueeze(0))
-        kwargs[SEQ_LENS_KEY] = lens
+            packed = dict(inputs_embeds=inputs_embeds.reshape(b * t, -1).index_select(0, gather).unsqueeze(0))
+        if shared is None:
+            kwargs[SEQ_LENS_KEY] = lens
+        else:
+            kwargs[SEQ_LENS_KEY] = shared.lens_q
+            kwargs[KV_KEY] = (shared.kv_index, shared.lens_k)
         out = orig(attention_mask=None, position_ids=pos, use_cache=False, **packed, **kwargs)
         h = out.last_hidden_state[0]
+        if shared is not None:  # every real position of the padded layout, the rejected prefixes copied
+            h = h.index_select(0, shared.src)
         out.last_hidden_state = h.new_zeros(b * t, h.shape[-1]).index_copy(0, keep, h).view(b, t, -1)
         return out
 
@@ -102,5 +114,6 @@ def disable(model) -> bool:
         return False
     orig, attn = fwd._orchard_orig
     inner.forward = orig
+    inner.__dict__.pop("_orchard_share_prefix", None)
     _set_attn(inner.config, attn)
     return True
