@@ -5,9 +5,8 @@ reports step time, tokens/s and peak GPU memory for each stage.
     python3 benchmarks/stages_8b.py --out $OUT          # on the GPU machine, after train_speed.py's wheels
     .venv/bin/python benchmarks/stages_8b.py --size tiny --sft-steps 3 --dpo-steps 2 --out /tmp/st   # CPU smoke
 
-The fast path is applied from outside the stages (``use_liger_kernel`` in the config plus
-``orchard.align.fast.FastPathCallback`` passed as a callback) unless ``--fast off``; once the stages call
-``orchard.align.fast`` themselves this is what a recipe gets by default on such a GPU.
+The stages apply the fast path themselves (``fast_path`` in their configs, ``auto`` by default: what a recipe gets
+on such a GPU); ``--grad-accum 2`` lets it fold accumulation into larger micro batches.
 """
 
 from __future__ import annotations
@@ -75,6 +74,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--sft-steps", type=int, default=30)
     p.add_argument("--dpo-steps", type=int, default=20)
+    p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--maxlen", type=int, default=2048)
     p.add_argument("--fast", default="auto", choices=["auto", "on", "off"], help="fast path mode")
     a = p.parse_args(argv)
@@ -89,12 +89,13 @@ def main(argv=None) -> None:
     model = Path(a.model_dir) / f"llama-{a.size}"
     made = TS.make_model(a.size, model)
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
-    sft_dir, pairs_dir = write_data(out / "data", vocab, 4 * a.sft_steps, 2 * a.dpo_steps, a.maxlen)
+    sft_dir, pairs_dir = write_data(out / "data", vocab, 4 * a.grad_accum * a.sft_steps,
+                                   2 * a.grad_accum * a.dpo_steps, a.maxlen)
     gpu = torch.cuda.is_available()
     plan = fast.decide(a.fast)
     common = dict(base_model=str(model), method="qlora" if gpu else "lora", max_length=a.maxlen,
                   gradient_checkpointing=True, logging_steps=5, save_steps=10_000, report_to="none",
-                  use_liger_kernel=plan.enabled and plan.liger, lora_r=16, lora_alpha=16)
+                  fast_path=a.fast, gradient_accumulation_steps=a.grad_accum, lora_r=16, lora_alpha=16)
     report = {"gpu": torch.cuda.get_device_name(0) if gpu else "cpu", "date": time.strftime("%Y-%m-%d"),
               "model": made, "fast_path": plan.as_dict(), "stages": {}}
     stages = [
@@ -106,7 +107,7 @@ def main(argv=None) -> None:
     ]
     for name, cfg, run in stages:
         clock = _Clock()
-        cbs = [clock] + ([fast.FastPathCallback(plan)] if plan.enabled else [])
+        cbs = [clock]
         if gpu:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -123,6 +124,7 @@ def main(argv=None) -> None:
             "input_tokens_per_s": round(toks / m["train_runtime_s"], 1) if toks and m.get("train_runtime_s") else None,
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
             "train_loss": m.get("train_loss"), "first_train_loss": m.get("first_train_loss"),
+            "fast_path": m.get("fast_path"),
         }
         print(f"STAGE {name} " + json.dumps(report["stages"][name]), flush=True)
     (out / "stages_8b.json").write_text(json.dumps(report, indent=1, default=str))

@@ -293,6 +293,13 @@ def test_token_budget_keeps_more_layers_for_shorter_batches():
     for t, k in ks.items():  # the modelled peak stays within budget - margin
         assert 5.7 * 2**30 + 0.4e6 * t + k * per_layer * t <= 15 * 2**30 or k == 0
     assert tb.seen == {32: 1, ks[4600]: 1, ks[8192]: 1, ks[16384]: 1, 0: 1}
+    # a step whose measured peak went over the budget raises the per-layer estimate: fewer layers afterwards
+    assert not tb.observe(15 * 2**30)  # under budget: nothing to correct
+    k = tb.keep_for(4600)
+    assert tb.observe(17 * 2**30) and tb.corrections == 1
+    assert tb.keep_for(4600) < k
+    # an fp32 residual stream (prepare_model_for_kbit_training upcasts the embeddings) costs more per layer
+    assert checkpointing.layer_bytes_per_token(cfg, 4) > 1.35 * per_layer
 
 
 def test_kept_layers_follow_each_batch_and_math_is_unchanged(spy):

@@ -75,12 +75,23 @@ def reset_kept_layers(model) -> int:
     return n
 
 
-def layer_bytes_per_token(config) -> int:
+def residual_bytes(model) -> int:
+    """Bytes per element of the residual stream: 4 where the input embeddings were upcast to fp32 (PEFT's
+    ``prepare_model_for_kbit_training`` does that), else 2."""
+    try:
+        emb = backbone(model).embed_tokens.weight
+    except (AttributeError, TypeError):
+        return 2
+    return 4 if emb.dtype == torch.float32 else 2
+
+
+def layer_bytes_per_token(config, hidden_bytes: int = 2) -> int:
     """Activation bytes one non-checkpointed decoder layer keeps per token (bf16, LoRA on all linears, fused
     SwiGLU), with some room: seven hidden-sized and three intermediate-sized tensors. Measured on an 8B model
     (H100, 2026-11-23): 12 kept layers cost 6.5 GiB more than 4 at batches of at most ~7k tokens, i.e. about
-    0.81 GiB or ~120 kB per token per layer; this estimate is 143 kB."""
-    return 2 * (7 * config.hidden_size + 3 * config.intermediate_size)
+    0.81 GiB or ~120 kB per token per layer; this estimate is 143 kB. ``hidden_bytes`` 4 for an fp32 residual
+    stream (the hidden-sized tensors double)."""
+    return hidden_bytes * 7 * config.hidden_size + 2 * 3 * config.intermediate_size
 
 
 def auto_keep(budget_gib: float, peak_gib: float, tokens: int, config, n_layers: int, margin_gib: float = 1.0) -> int:
@@ -99,17 +110,36 @@ class TokenBudget:
     """
 
     def __init__(self, budget_gib: float, static_bytes: int, per_token_bytes: float, config, n_layers: int,
-                 margin_gib: float = 1.0):
+                 margin_gib: float = 1.0, hidden_bytes: int = 2):
+        self.budget = budget_gib * 2**30
+        self.static = static_bytes
         self.room = (budget_gib - margin_gib) * 2**30 - static_bytes
-        self.per_token, self.layer = per_token_bytes, layer_bytes_per_token(config)
+        self.per_token, self.layer = per_token_bytes, layer_bytes_per_token(config, hidden_bytes)
         self.n_layers = n_layers
         self.seen: dict[int, int] = {}  # kept layers -> micro batches (reported in metrics)
+        self.last: tuple[int, int] | None = None  # (tokens, kept) of the last gradient forward
+        self.corrections = 0
 
     def keep_for(self, tokens: int) -> int:
         free = self.room - self.per_token * tokens
         k = max(0, min(self.n_layers, math.floor(free / (self.layer * tokens)))) if tokens > 0 else 0
         self.seen[k] = self.seen.get(k, 0) + 1
+        self.last = (tokens, k)
         return k
+
+    def observe(self, peak_bytes: int) -> bool:
+        """After a step: if its peak went over the budget, raise the per-layer estimate to what that step shows
+        (with 10% more), so later batches keep fewer layers. Returns whether it corrected."""
+        if self.last is None or peak_bytes <= self.budget:
+            return False
+        tokens, k = self.last
+        if k == 0 or tokens == 0:
+            self.per_token = max(self.per_token, (peak_bytes - self.static) / max(tokens, 1) * 1.1)
+        else:
+            shown = (peak_bytes - self.static - self.per_token * tokens) / (k * tokens)
+            self.layer = max(self.layer * 1.25, shown * 1.1)
+        self.corrections += 1
+        return True
 
 
 class PartialCheckpointing(TrainerCallback):
@@ -136,6 +166,12 @@ class PartialCheckpointing(TrainerCallback):
                 backbone(model).__dict__["_orchard_tokens_max"] = 0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.budget is not None:  # per-batch mode: check the step against the budget, correct if over
+            if self.budget.observe(torch.cuda.max_memory_allocated()):
+                log.warning("fast path: step %d peaked over the %.1f GiB budget; kept-layer estimate raised",
+                            state.global_step, self.budget_gib)
+            torch.cuda.reset_peak_memory_stats()
+            return
         if (self.keep != "auto" or self.applied is not None or model is None or not args.gradient_checkpointing
                 or not torch.cuda.is_available()):
             return
@@ -145,7 +181,8 @@ class PartialCheckpointing(TrainerCallback):
         t1 = inner.__dict__.get("_orchard_tokens_max") or 0
         if t1 > 0 and self.static is not None:
             per_token = max(0, peak_b - self.static) / t1
-            self.budget = TokenBudget(self.budget_gib, self.static, per_token, inner.config, len(inner.layers))
+            self.budget = TokenBudget(self.budget_gib, self.static, per_token, inner.config, len(inner.layers),
+                                      hidden_bytes=residual_bytes(model))
             inner.__dict__["_orchard_keep_for"] = self.budget.keep_for
             self.applied = "per batch"
             log.info("fast path: kept layers chosen per batch (%.0f kB per token measured at %d tokens, "
@@ -160,5 +197,6 @@ class PartialCheckpointing(TrainerCallback):
     def report(self) -> dict:
         """What was kept: a number, or per batch how many micro batches kept how many layers."""
         if self.budget is not None:
-            return {"per_batch": {str(k): n for k, n in sorted(self.budget.seen.items())}}
+            return {"per_batch": {str(k): n for k, n in sorted(self.budget.seen.items())},
+                    "over_budget_corrections": self.budget.corrections}
         return {"layers": self.applied}

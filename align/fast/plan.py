@@ -90,7 +90,7 @@ def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: i
     ``tokens_per_example`` tokens) fits the budget: the model's own bytes plus, per token, the checkpointed layer
     inputs and one decoder layer's activations during its recomputation (from
     :func:`orchard.align.fast.checkpointing.layer_bytes_per_token`; measured peaks stayed under this)."""
-    from .checkpointing import layer_bytes_per_token
+    from .checkpointing import layer_bytes_per_token, residual_bytes
     from .unpad import backbone
 
     try:
@@ -100,7 +100,8 @@ def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: i
     cfg = inner.config
     static = sum(p.numel() * p.element_size() for p in model.parameters())
     static += sum(b.numel() * b.element_size() for b in model.buffers())
-    per_token = 2 * cfg.hidden_size * len(inner.layers) + layer_bytes_per_token(cfg)
+    hb = residual_bytes(model)
+    per_token = hb * cfg.hidden_size * len(inner.layers) + layer_bytes_per_token(cfg, hb)
     room = (budget_gib - margin_gib) * 2**30 - static
     best = 1
     for f in range(1, accumulation + 1):
