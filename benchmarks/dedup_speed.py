@@ -1,5 +1,5 @@
-"""Near-duplicate filtering speed: MinHash+LSH candidates confirmed by ROUGE-L (orchard.synth.dedup) against the
-naive pairwise ROUGE-L filter the Self-Instruct code uses, side by side on the same items.
+"""Near-duplicate filtering speed: orchard.synth.dedup (an exact ROUGE-L scan of the whole pool in rapidfuzz's C++)
+against the naive pairwise rouge-score filter the Self-Instruct code uses, side by side on the same items.
 
 Data (deterministic, seed 0): N instructions made from the 175 Self-Instruct seed tasks. Each item is either
 - a *perturbed seed* (30%): a seed instruction with 1-3 word edits (drop, duplicate, swap neighbours, replace with a

@@ -122,7 +122,7 @@ class SelfInstruct:
                                                                               "rouge_l": round(hit.rouge_l, 4)})
                         continue
                     # Lineage: the in-context task this one is closest to (ROUGE-L), and that task's root seed.
-                    parent = max(ctx, key=lambda c: index.scorer.score(c["instruction"], text)["rougeL"].fmeasure)
+                    parent = max(ctx, key=lambda c: index.rouge_l(c["instruction"], text))
                     key = content_hash({"instruction": text, "n": len(machine)})
                     index.add(key, text, mh)
                     machine.append({"id": key, "instruction": text, "seed_id": parent["seed_id"],
