@@ -35,7 +35,8 @@ from typing import Any, Iterable, Optional
 from urllib.parse import urlsplit
 
 import openai
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt,
+                      wait_random_exponential)
 
 from orchard.dataio import content_hash
 from orchard.errors import BudgetExhausted, OrchardError
@@ -297,8 +298,19 @@ class Teacher:
         return results  # type: ignore[return-value]
 
     def chat_many(self, requests: Iterable[ChatRequest | dict], progress: bool = True) -> list[ChatResult]:
-        """Synchronous ``arun``: runs its own event loop (in a thread if one is already running)."""
-        return _run_sync(self._arun_and_close(list(requests), progress))
+        """Synchronous ``arun`` on its own event loop (in a thread if one is already running), through a
+        ``CallPool``, so Ctrl-C lets the calls in flight land in the log first (``callpool``)."""
+        reqs = list(requests)
+        return self.run(lambda pool: pool.gather(reqs, progress=progress))
+
+    def run(self, main):
+        """``main(pool)``, a coroutine function given a ``callpool.CallPool``, on a fresh event loop (in a thread
+        if one is already running); returns what it returns. On a budget stop, a fatal teacher error or Ctrl-C
+        the calls in flight finish and are logged first; Ctrl-C then raises ``TeacherInterrupted``."""
+        from .callpool import graceful_sigint_possible, run_with_pool
+
+        return _run_sync(lambda in_thread: run_with_pool(
+            self, main, graceful_sigint=not in_thread and graceful_sigint_possible()))
 
     def chat(self, messages: list[dict], **kw) -> ChatResult:
         """Synchronous single call."""
@@ -389,7 +401,7 @@ class Teacher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(cfg.max_retries + 1),
             wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
+            retry=retry_if_exception_type(_Retryable) & retry_if_exception(self._not_interrupted),
             reraise=True,
         )
         try:
@@ -564,6 +576,12 @@ class Teacher:
             return TeacherError("teacher unusable: " + "; ".join(x.dead for x in self.endpoints))
         return _RequestFailed(f"HTTP {code} from {ep.host} (not retried): {detail}")
 
+    def _not_interrupted(self, _exc) -> bool:
+        # After Ctrl-C a call in flight gets no more attempts: the stop waits at most one request timeout.
+        from .callpool import _Interrupt
+
+        return not isinstance(self._stop, _Interrupt)
+
     def _wait(self, retry_state) -> float:
         exc = retry_state.outcome.exception()
         if isinstance(exc, _Retryable):
@@ -625,12 +643,6 @@ class Teacher:
         if st is None:
             st = self._states[loop] = _LoopState(self.config.max_concurrency)
         return st
-
-    async def _arun_and_close(self, requests, progress):
-        try:
-            return await self.arun(requests, progress=progress)
-        finally:
-            await self.aclose()
 
     # -- budget, params, bookkeeping -----------------------------------------------------------------
     def _check_budget(self) -> None:
@@ -786,17 +798,18 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="teacher", unit="call", leave=False)
 
 
-def _run_sync(coro):
-    """asyncio.run, or the same in a helper thread when the caller already runs a loop (notebooks)."""
+def _run_sync(make_coro):
+    """asyncio.run(make_coro(False)), or make_coro(True) in a helper thread when the caller already runs a loop
+    (notebooks)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(make_coro(False))
     box: dict = {}
 
     def target():
         try:
-            box["v"] = asyncio.run(coro)
+            box["v"] = asyncio.run(make_coro(True))
         except BaseException as e:  # re-raised in the caller's thread
             box["e"] = e
 
