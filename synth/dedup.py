@@ -1,14 +1,16 @@
 """Near-duplicate and semantic duplicate detection.
 
 Near duplicates: the Self-Instruct criterion, ROUGE-L F >= ``rouge_threshold`` (0.7) between a new text and any
-text already kept, computed exactly against the whole pool. rapidfuzz's Indel similarity is 2*LCS/(m+n), which is
-ROUGE-L's F-measure without stemming, and its C++ bit-parallel LCS scans thousands of texts per millisecond; each
-text's words are mapped to one character per distinct word so rapidfuzz compares word sequences as plain strings.
-Pairs near the threshold are re-scored with rouge-score's own formula (precision, recall, 2PR/(P+R)) from the exact
-LCS, so decisions equal a pairwise rouge-score filter (``naive_rouge_filter``, the test reference) bit for bit.
-This replaced MinHash/LSH candidates: on short instructions sharing common words LSH returned most of the pool
-anyway, and confirming them in Python cost more than scanning everything in C++; importing rouge-score (which
-imports nltk, ~1 s) and datasketch (scipy) is gone from the stage's start-up too.
+text already kept, decided exactly against the whole pool in two steps:
+1. an upper bound for every pool text at once: the LCS cannot exceed the words the two texts share (the set
+   overlap plus the repeated words of either), counted with numpy over per-word posting lists (``bincount``);
+2. the exact LCS, with rapidfuzz's C++ bit-parallel LCS, only for the texts whose bound reaches the threshold.
+Each text's words are mapped to one character per distinct word so rapidfuzz compares word sequences as strings.
+ROUGE-L is then computed with rouge-score's own formula (precision, recall, 2PR/(P+R)), so decisions and scores
+equal a pairwise rouge-score filter (``naive_rouge_filter``, the test reference) bit for bit, with no candidate
+step that could miss a duplicate. This replaced MinHash/LSH candidates confirmed in Python: on short instructions
+sharing common words LSH returned most of the pool, and confirming them cost ~2 ms a text; rouge-score (which
+imports nltk, ~1 s) and datasketch (scipy) are gone from the stage's start-up too.
 
 Semantic duplicates: sentence-transformers embeddings and scikit-learn's NearestNeighbors (cosine), off by default
 because embedding costs CPU time.
@@ -18,19 +20,20 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional
 
-from rapidfuzz import process
-from rapidfuzz.distance import Indel, LCSseq
+import numpy as np
+from rapidfuzz.distance import LCSseq
 
 from .methods_config import NearDupConfig, SemanticDedupConfig
 
 _WORD = re.compile(r"[a-z0-9]+")
-# Code points available for distinct words (chr(0) is left out). Past that, words share code points by hash: the
-# scan's score is then an upper bound and every candidate is re-scored on the real word lists.
+# Code points available for distinct words (chr(0) is left out). Past that, words share code points by hash and
+# the LCS is taken on the word lists instead.
 _CODES = 0x10FFFF
-# Scan cutoff below the threshold: candidates within float noise of it are re-scored exactly.
+# Bound test margin: texts within float noise of the threshold are scored exactly rather than skipped.
 _EPS = 1e-9
 
 
@@ -62,20 +65,23 @@ class DupHit:
 
 
 class NearDupIndex:
-    """A growing pool of texts; ``check`` finds the pool's closest text and whether it is a near-duplicate, ``add``
-    puts a text in the pool. Exact: no candidate step that could miss a duplicate."""
+    """A growing pool of texts; ``check`` says whether a text is a near-duplicate of one of them, ``add`` puts a
+    text in the pool. Exact (see the module docstring): the same decisions as comparing with every pool text."""
 
     def __init__(self, cfg: Optional[NearDupConfig] = None):
         self.cfg = cfg or NearDupConfig()
         self.texts: dict[str, str] = {}
         self._keys: list[str] = []
-        self._codes: list[str] = []  # rapidfuzz scans this list (C++), one entry per pool text
+        self._codes: list[str] = []
         self._toks: list[list[str]] = []
         self._pos: dict[str, int] = {}
+        self._lens = array("i")  # words per pool text
+        self._reps = array("i")  # repeated words per pool text (words - distinct words)
+        self._post: dict[str, array] = {}  # word -> positions of the pool texts holding it
         self._vocab: dict[str, str] = {}
-        self._lossy = False  # more distinct words than code points: codes shared, scores re-checked on words
+        self._lossy = False  # more distinct words than code points: codes shared, LCS taken on the words
         self._cache: dict[str, Encoded] = {}
-        self.rouge_calls = 0  # pairs scored exactly (the scan itself is not counted)
+        self.rouge_calls = 0  # exact LCS computations (pairs whose bound reached the threshold)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -114,47 +120,61 @@ class NearDupIndex:
         self.rouge_calls += 1
         return rouge_l_f(self._lcs(q, self._codes[i], self._toks[i]), len(q.toks), len(self._toks[i]))
 
+    def _candidates(self, q: Encoded, skip: set[int]) -> np.ndarray:
+        """Positions of the pool texts whose LCS upper bound lets them reach the threshold."""
+        uniq = set(q.toks)
+        posts = [self._post[w] for w in uniq if w in self._post]
+        if not posts:
+            return np.zeros(0, dtype=np.int64)
+        n_pool = len(self._keys)
+        # Shared distinct words with every pool text at once (copies: the arrays keep growing afterwards).
+        inter = np.bincount(np.concatenate([np.frombuffer(a, dtype=np.int32) for a in posts]), minlength=n_pool)
+        n = np.array(self._lens, dtype=np.int64)
+        m = len(q.toks)
+        bound = np.minimum(inter + np.minimum(m - len(uniq), np.array(self._reps, dtype=np.int64)),
+                           np.minimum(n, m))
+        ok = 2 * bound >= (self.cfg.rouge_threshold - _EPS) * (n + m)
+        if skip:
+            ok[list(skip)] = False
+        return np.flatnonzero(ok)
+
     def check(self, text: str, enc: Optional[Encoded] = None,
               exclude: frozenset | set = frozenset()) -> tuple[Optional[DupHit], float, Encoded]:
-        """(hit or None, the highest ROUGE-L F against the pool, the text's encoding for ``add``).
+        """(hit or None, the highest ROUGE-L F among pool texts that could reach the threshold (0 if none could),
+        the text's encoding for ``add``).
 
         The hit is the pool text with the highest ROUGE-L F at or above the threshold (the earliest added among
         equals), as a pairwise filter finds it. ``exclude``: pool keys not to compare with (an evolved prompt's
         own ancestors, which it extends on purpose).
         """
         q = enc or self.encode(text)
-        if not q.toks or not self._codes:
+        if not q.toks or not self._keys:
             return None, 0.0, q
-        thr = self.cfg.rouge_threshold
         skip = {self._pos[k] for k in exclude if k in self._pos}
-        scorer = Indel.normalized_similarity  # 2*LCS/(m+n): ROUGE-L F up to float rounding
-        if skip:
-            top = process.extract(q.code, self._codes, scorer=scorer, limit=len(skip) + 1)
-            top = [t for t in top if t[2] not in skip]
-            if not top:
-                return None, 0.0, q
-            _, score, best_i = top[0]
-        else:
-            _, score, best_i = process.extractOne(q.code, self._codes, scorer=scorer)
-        if score < thr - _EPS:
-            return None, self._score(q, best_i), q
-        # Every pool text that may reach the threshold, re-scored exactly; highest F wins, then the earliest.
-        cands = process.extract(q.code, self._codes, scorer=scorer, score_cutoff=thr - _EPS, limit=None)
-        scored = [(self._score(q, i), -i) for _, _, i in cands if i not in skip]
+        scored = [(self._score(q, i), -i) for i in self._candidates(q, skip).tolist()]
         if not scored:
             return None, 0.0, q
         f, neg_i = max(scored)
-        hit = DupHit(self._keys[-neg_i], f) if f >= thr else None
+        hit = DupHit(self._keys[-neg_i], f) if f >= self.cfg.rouge_threshold else None
         return hit, f, q
 
     def add(self, key: str, text: str, enc: Optional[Encoded] = None) -> None:
         if key in self._pos:
             return
         enc = enc or self.encode(text)
-        self._pos[key] = len(self._keys)
+        i = len(self._keys)
+        self._pos[key] = i
         self._keys.append(key)
         self._codes.append(enc.code)
         self._toks.append(enc.toks)
+        uniq = set(enc.toks)
+        self._lens.append(len(enc.toks))
+        self._reps.append(len(enc.toks) - len(uniq))
+        for w in uniq:
+            a = self._post.get(w)
+            if a is None:
+                a = self._post[w] = array("i")
+            a.append(i)
         self.texts[key] = text
 
     def add_many(self, items: Iterable[tuple[str, str]]) -> None:
