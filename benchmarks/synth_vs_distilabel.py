@@ -251,7 +251,10 @@ def run_child(cmd: list[str], srv: Server, log: Path, timeout_s: float, stop_at_
     t0 = time.perf_counter()
     stopped = hung = False
     with open(log, "a") as lf, tempfile.TemporaryFile("w+") as outf:
-        p = subprocess.Popen(cmd, stdout=outf, stderr=lf, text=True, env=env, start_new_session=True)
+        # SIGINT back to its default in the child, as in a terminal: a benchmark started in the background (`&`,
+        # nohup) has SIGINT ignored, which children inherit, and Python then never sees the Ctrl-C.
+        p = subprocess.Popen(cmd, stdout=outf, stderr=lf, text=True, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while p.poll() is None:
             if stop_at_ok and not stopped and srv.stats()["ok"] - base >= stop_at_ok:
                 os.killpg(p.pid, stop_signal)  # the child and everything it started (distilabel's workers)
