@@ -30,6 +30,11 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
+def _default_sigint() -> None:
+    # As in a terminal: a test run started in the background (`&`) has SIGINT ignored, and children inherit it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _logged_ok(db: Path) -> int:
     con = sqlite3.connect(db)
     try:
@@ -52,7 +57,7 @@ def test_sigint_saves_calls_in_flight_and_resume_repeats_none(tmp_path):
     # 50 ms a call, 16 at once: 16 calls are in flight whenever the signal lands.
     with FakeTeacher(responder=responder, latency_s=0.05) as srv:
         p = subprocess.Popen(_cmd(srv.base_url, out, num), env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         _wait_ok(srv, 60, p)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
@@ -77,7 +82,7 @@ def test_sigint_saves_calls_in_flight_and_resume_repeats_none(tmp_path):
 def test_second_sigint_aborts_at_once(tmp_path):
     with FakeTeacher(responder=responder, latency_s=5.0) as srv:  # calls that would take 5 s to finish
         p = subprocess.Popen(_cmd(srv.base_url, tmp_path / "synth", 50), env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         deadline = time.time() + 60
         while srv.stats()["requests"] < 8:
             assert p.poll() is None and time.time() < deadline, p.communicate()
