@@ -3,8 +3,8 @@
 The question: with the teacher answering instantly, is orchard's client (cache lookup, SQLite commit of
 every call before use, retries, budget) the bottleneck? Baseline, side by side in the same run: the bare
 ``openai`` SDK as most code uses it (AsyncOpenAI with its default httpx2 transport, typed
-``chat.completions.create``, a semaphore, nothing logged). orchard runs with the SDK's aiohttp transport
-(its default when aiohttp is installed) and, for comparison, with the SDK's default transport. The server
+``chat.completions.create``, a semaphore, nothing logged). orchard runs with its default ``direct`` transport
+(aiohttp without the SDK) and, for comparison, through the SDK on its aiohttp transport and on its default one. The server
 runs in its own process.
 
     .venv/bin/python benchmarks/synth_throughput.py --n 2000 --concurrency 32
@@ -181,6 +181,12 @@ def main(argv=None) -> dict:
                 t = _teacher(url, db, conc)
                 res = t.chat_many(reqs, progress=False)
             add(c, f"orchard Teacher: cold ({t.transport} transport)", sum(r.ok for r in res))
+
+            with _Case(srv) as c:
+                reqs_a = [ChatRequest(_messages(i, f"sdkaio{rnd}")) for i in range(n)]
+                res = _teacher(url, tmp / f"sdkaio{rnd}.sqlite", conc, transport="aiohttp").chat_many(
+                    reqs_a, progress=False)
+            add(c, "orchard Teacher: cold (SDK on its aiohttp transport)", sum(r.ok for r in res))
 
             with _Case(srv) as c:
                 reqs_h = [ChatRequest(_messages(i, f"httpx{rnd}")) for i in range(n)]

@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -107,6 +108,11 @@ class Server:
     def stats(self) -> dict:
         return remote_stats(self.base_url)
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far, all its threads (Linux /proc)."""
+        fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         self.p.terminate()
         self.p.wait(10)
@@ -177,9 +183,9 @@ def warm_orchard(a, sizes: list[int]) -> list[dict]:
     return out
 
 
-def orchard_cmd(url: str, seed_file: Path, out: Path, work: Path, a) -> list[str]:
+def orchard_cmd(url: str, seed_file: Path, out: Path, work: Path, a, num: int | None = None) -> list[str]:
     return [sys.executable, __file__, "--orchard-child", "--base-url", url, "--seed-file", str(seed_file),
-            "--out", str(out), "--work", str(work), "--num", str(a.seeds * a.per_seed), "--per-seed",
+            "--out", str(out), "--work", str(work), "--num", str(num or a.seeds * a.per_seed), "--per-seed",
             str(a.per_seed), "--concurrency", str(a.concurrency), "--timeout", str(a.timeout), "--max-retries",
             str(a.max_retries)] + (["--orchard-classify"] if a.orchard_classify else [])
 
@@ -224,7 +230,10 @@ def distilabel_delivered(out: Path, seeds: list[str], per_seed: int) -> int:
         r = json.loads(line)
         if (r.get("instruction") or "").strip() and (r.get("generation") or "").strip():
             got[r["input"]] = got.get(r["input"], 0) + 1
-    return sum(min(per_seed, got.get(s, 0)) for s in seeds)
+    asked: dict[str, int] = {}
+    for s in seeds:  # a seed listed k times (--sizes cycles the seed tasks) is asked k * per_seed items
+        asked[s] = asked.get(s, 0) + per_seed
+    return sum(min(n, got.get(s, 0)) for s, n in asked.items())
 
 
 # -- one run -----------------------------------------------------------------------------------------------------
@@ -238,10 +247,14 @@ def run_child(cmd: list[str], srv: Server, log: Path, timeout_s: float, stop_at_
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(ROOT))
     base = srv.stats()["ok"] if stop_at_ok else 0
+    ru0, srv_cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN), srv.cpu_s()
     t0 = time.perf_counter()
     stopped = hung = False
     with open(log, "a") as lf, tempfile.TemporaryFile("w+") as outf:
-        p = subprocess.Popen(cmd, stdout=outf, stderr=lf, text=True, env=env, start_new_session=True)
+        # SIGINT back to its default in the child, as in a terminal: a benchmark started in the background (`&`,
+        # nohup) has SIGINT ignored, which children inherit, and Python then never sees the Ctrl-C.
+        p = subprocess.Popen(cmd, stdout=outf, stderr=lf, text=True, env=env, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         while p.poll() is None:
             if stop_at_ok and not stopped and srv.stats()["ok"] - base >= stop_at_ok:
                 os.killpg(p.pid, stop_signal)  # the child and everything it started (distilabel's workers)
@@ -257,10 +270,12 @@ def run_child(cmd: list[str], srv: Server, log: Path, timeout_s: float, stop_at_
         outf.seek(0)
         out = outf.read()
     wall = time.perf_counter() - t0
-    info = {}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the child and the processes it waited for
+    info = {"cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
+            "server_cpu_s": srv.cpu_s() - srv_cpu0}
     for line in out.splitlines():
         if line.startswith("{"):
-            info = json.loads(line)
+            info.update(json.loads(line))
     if hung:
         info["error"] = f"hung: still running after {timeout_s:.0f} s, killed (see {log})"
     elif not stopped and p.returncode != 0:
@@ -283,6 +298,12 @@ def measure(system: str, scenario: str, srv: Server, cmd: list[str], delivered, 
     row = {"system": system, "scenario": scenario, "asked": asked, "delivered": n, "lost": asked - n,
            "wall_s": round(wall, 2), "gen_s": round(gen, 2), "items_per_s": round(n / wall, 1) if wall else None,
            "items_per_s_gen": round(n / gen, 1) if gen else None, **d,
+           "client_cpu_s": round(sum(r["cpu_s"] for r in runs), 2),
+           "server_cpu_s": round(sum(r["server_cpu_s"] for r in runs), 2),
+           # share of one core the teacher (server) used while the system ran: near 1.0 means the teacher is
+           # the bottleneck; low means the system under test is
+           "server_cpu_util": round(sum(r["server_cpu_s"] for r in runs) / wall, 3) if wall else None,
+           "client_cpu_util": round(sum(r["cpu_s"] for r in runs) / wall, 3) if wall else None,
            "stopped_after_ok_calls": stop_at_ok,
            "stop_signal": signal.Signals(stop_signal).name if stop_at_ok else None,
            "first_run_exit": runs[0]["rc"] if stop_at_ok else None,
@@ -297,6 +318,84 @@ def measure(system: str, scenario: str, srv: Server, cmd: list[str], delivered, 
     return row
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def run_sizes(a, py: Path, dl_versions: dict, tmp: Path, seed_file: Path, seed_texts: list[str], log: Path) -> dict:
+    """Clean runs of both systems at each size, side by side on one zero-latency server, ``--repeats`` times."""
+    sizes = [int(x) for x in a.sizes.split(",")]
+    srv = Server(False, 0, tmp / "server.log")
+    rows: list[dict] = []
+    try:
+        for size in sizes:
+            # distilabel: one seed row per per_seed items, cycling through the same seed tasks orchard gets
+            dl_seeds = [seed_texts[i % len(seed_texts)] for i in range(size // a.per_seed)]
+            seeds_json = tmp / f"seeds-{size}.json"
+            seeds_json.write_text(json.dumps(dl_seeds))
+            for rep in range(a.repeats):
+                for system in ("orchard", "distilabel"):
+                    d = tmp / f"{system}-{size}-{rep}"
+                    if system == "orchard":
+                        cmd = orchard_cmd(srv.base_url, seed_file, d / "out", d / "work", a, num=size)
+                        delivered = lambda d=d: orchard_delivered(d / "out")
+                    else:
+                        cmd = distilabel_cmd(py, srv.base_url, seeds_json, d / "rows.jsonl", d / "cache", a)
+                        delivered = lambda d=d, s=dl_seeds: distilabel_delivered(d / "rows.jsonl", s, a.per_seed)
+                    row = measure(system, f"clean {size}", srv, cmd, delivered, size, log, a.child_timeout)
+                    row.update(size=size, repeat=rep + 1)
+                    rows.append(row)
+    finally:
+        srv.close()
+
+    summary = []
+    for size in sizes:
+        med = {}
+        for system in ("orchard", "distilabel"):
+            rs = [r for r in rows if r["size"] == size and r["system"] == system]
+            med[system] = {k: round(_median([r[k] or 0 for r in rs]), 3) for k in
+                           ("items_per_s", "items_per_s_gen", "wall_s", "http_calls", "delivered",
+                            "server_cpu_util", "client_cpu_util")}
+            med[system]["items_per_s_runs"] = [r["items_per_s"] for r in rs]
+        o, d = med["orchard"], med["distilabel"]
+        summary.append({"size": size, "orchard": o, "distilabel": d,
+                        "ratio_items_per_s": round(o["items_per_s"] / d["items_per_s"], 2) if d["items_per_s"] else None,
+                        "ratio_items_per_s_gen": (round(o["items_per_s_gen"] / d["items_per_s_gen"], 2)
+                                                  if d["items_per_s_gen"] else None)})
+    result = {
+        "benchmark": "synth_vs_distilabel --sizes",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg": os.getloadavg()},
+        "versions": {"distilabel_env": dl_versions},
+        "settings": {"sizes": sizes, "repeats": a.repeats, "seed_tasks": a.seeds, "per_seed": a.per_seed,
+                     "concurrency": a.concurrency, "timeout_s": a.timeout, "max_retries": a.max_retries,
+                     "orchard_classify": a.orchard_classify,
+                     "server": "tests/fake_teacher.py FakeTeacher, zero latency, own process (one Python process, "
+                               "a thread per connection), on the same 2 cores",
+                     "items_per_s": "delivered items / wall time of the whole child process (interpreter start "
+                                    "and imports included)",
+                     "server_cpu_util": "server CPU seconds / wall seconds (1.0 = one core busy)"},
+        "summary": summary,
+        "rows": rows,
+    }
+    print()
+    print(f"{'size':>6} {'system':<10} {'items/s':>8} {'gen it/s':>8} {'wall s':>7} {'http':>6} "
+          f"{'client cpu':>10} {'server cpu':>10} {'x distilabel':>12}")
+    for srow in summary:
+        for system in ("orchard", "distilabel"):
+            m = srow[system]
+            ratio = f"{srow['ratio_items_per_s']:.2f}" if system == "orchard" and srow["ratio_items_per_s"] else "1.00"
+            print(f"{srow['size']:>6} {system:<10} {m['items_per_s']:>8.1f} {m['items_per_s_gen']:>8.1f} "
+                  f"{m['wall_s']:>7.2f} {m['http_calls']:>6.0f} {m['client_cpu_util']:>10.2f} "
+                  f"{m['server_cpu_util']:>10.2f} {ratio:>12}")
+    print("(median of", a.repeats, "runs; cpu = share of one core over the run's wall time)")
+    a.out_json.parent.mkdir(parents=True, exist_ok=True)
+    a.out_json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {a.out_json}")
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=60, help="seed tasks used (first N of the Self-Instruct seeds)")
@@ -305,12 +404,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--timeout", type=int, default=10)
     ap.add_argument("--max-retries", type=int, default=6)
     ap.add_argument("--scenarios", default="clean,faults,kill_resume,interrupt_resume")
+    ap.add_argument("--sizes", default="",
+                    help="instead of the scenarios: clean runs of both systems at these item counts (e.g. "
+                         "1000,5000; distilabel gets size/per-seed seed rows, cycling through the --seeds tasks), "
+                         "written to results/synth_vs_distilabel_sizes.json")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per size and system (--sizes); medians reported")
     ap.add_argument("--warm-orchard", default="",
                     help="only run orchard's stage in-process at these sizes (e.g. 300,300,1000) and add the rows "
                          "to the existing JSON under orchard_in_process")
     ap.add_argument("--fault-repeats", type=int, default=3, help="runs of the fault scenario per system")
     ap.add_argument("--child-timeout", type=float, default=150, help="a run still going after this is hung")
-    ap.add_argument("--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "synth_vs_distilabel.json")
+    ap.add_argument("--out-json", type=Path, default=None,
+                    help="default: benchmarks/results/synth_vs_distilabel.json (_sizes.json with --sizes)")
     # child modes
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--faults", action="store_true", help=argparse.SUPPRESS)
@@ -322,6 +427,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--orchard-classify", action="store_true",
                     help="keep orchard's classification call per task (distilabel has no such step)")
     a = ap.parse_args(argv)
+    results = ROOT / "benchmarks" / "results"
+    a.out_json = a.out_json or results / ("synth_vs_distilabel_sizes.json" if a.sizes else "synth_vs_distilabel.json")
     if a.serve:
         return serve(a.faults, a.fault_seed)
     if a.orchard_child:
@@ -347,6 +454,8 @@ def main(argv=None) -> dict:
     seeds_json.write_text(json.dumps(seed_texts))
     asked = a.seeds * a.per_seed
     log = tmp / "children.log"
+    if a.sizes:
+        return run_sizes(a, py, dl_versions, tmp, seed_file, seed_texts, log)
     print(f"work folder {tmp}; {asked} items asked per run", flush=True)
 
     servers = {"clean": Server(False, 0, tmp / "server.log"), "faults": Server(True, 1, tmp / "server.log")}

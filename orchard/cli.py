@@ -74,7 +74,13 @@ def run_cmd(
 
     rec = load_recipe(recipe, set_ or [])
     runner = Runner(rec, runs_dir=runs_dir)
-    outcomes = runner.run(from_stage=from_stage, to_stage=to_stage, force=force)
+    try:
+        outcomes = runner.run(from_stage=from_stage, to_stage=to_stage, force=force)
+    except KeyboardInterrupt as e:
+        # Typer would exit 130 silently; a teacher stopped by Ctrl-C says what it saved (TeacherInterrupted).
+        err_console.print(str(e) or "interrupted: finished stages are kept; run the same command to resume",
+                          style="yellow", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     table = Table(title=f"orchard run {rec.name}")
     for col in ("stage", "status", "seconds", "output"):
         table.add_column(col)

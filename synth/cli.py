@@ -60,7 +60,14 @@ def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **ove
 def _run(fn, out: Path, config, name: str, inputs: dict, **kw) -> dict:
     from orchard.runner import run_standalone
 
-    return run_standalone(fn, out, name=name, config=config, inputs={k: v for k, v in inputs.items() if v}, **kw)
+    from .callpool import TeacherInterrupted
+
+    try:
+        return run_standalone(fn, out, name=name, config=config, inputs={k: v for k, v in inputs.items() if v}, **kw)
+    except TeacherInterrupted as e:
+        # Typer turns a KeyboardInterrupt into a bare exit 130; say what was saved and how to resume.
+        Console(stderr=True).print(str(e), style="yellow", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 def _summary(title: str, out: Path, result: dict) -> None:

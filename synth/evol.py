@@ -29,11 +29,11 @@ _LEAK = re.compile(r"#\s*(?:rewritten|given|created|new)\s*prompt\s*#|\b(?:rewri
                    re.I)
 
 
-def evolution_reason(parent: str, child: str, cfg: SynthConfig, scorer) -> tuple[str | None, float]:
-    """Why an evolution failed (or None) and its ROUGE-L to the parent."""
+def evolution_reason(parent: str, child: str, cfg: SynthConfig, rouge_l) -> tuple[str | None, float]:
+    """Why an evolution failed (or None) and its ROUGE-L to the parent (``rouge_l(target, prediction)``)."""
     if not child.strip():
         return "evol:empty", 0.0
-    sim = scorer.score(parent, child)["rougeL"].fmeasure
+    sim = rouge_l(parent, child)
     if _LEAK.search(child):
         return "evol:template_leak", sim
     if _REFUSAL.search(child):
@@ -80,7 +80,7 @@ class Evol:
                     ledger.reject("", "teacher_error", "evolve", **common, detail={"error": res.error, "op": op})
                     continue
                 child = clean_rewrite(res.text)
-                reason, sim = evolution_reason(p["prompt"], child, cfg, index.scorer)
+                reason, sim = evolution_reason(p["prompt"], child, cfg, index.rouge_l)
                 if reason is None and res.truncated:
                     reason = "evol:truncated"
                 if reason is None:

@@ -25,6 +25,8 @@ class ParseError(ValueError):
 
 def _balanced(text: str, open_ch: str, close_ch: str) -> list[str]:
     """Top-level balanced spans starting with open_ch (string-aware), so trailing junk does not break JSON."""
+    if open_ch not in text:  # most replies are plain lines: skip the character-by-character scan
+        return []
     spans, depth, start, in_str, esc = [], 0, -1, False, False
     for i, ch in enumerate(text):
         if in_str:

@@ -10,6 +10,7 @@ so labels are not all the same.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 
@@ -62,6 +63,16 @@ def user(content: str) -> list[dict]:
 
 
 class SelfInstruct:
+    """The method, pipelined on one event loop (``Teacher.run``): round r's bootstrap replies are filtered as soon
+    as the round is in, and every accepted task's classification and instance calls start right away, filling the
+    slots that the next round's bootstrap calls (sent first: they gate everything after them) leave free. The
+    requests are exactly those of running the phases one after the other (same prompts, seeds and cache keys), and
+    results are assembled in task order, so outputs, ledger and resumes do not depend on which call lands first.
+    """
+
+    # Queue priorities (lower first): the next round gates all later work, a task's class gates its instance.
+    P_BOOTSTRAP, P_CLASSIFY, P_INSTANCE = 0, 1, 2
+
     def __init__(self, cfg: SynthConfig, teacher, ledger: Ledger, teacher_prov: dict):
         self.cfg, self.si, self.teacher, self.ledger = cfg, cfg.self_instruct, teacher, ledger
         self.teacher_prov = teacher_prov
@@ -70,14 +81,17 @@ class SelfInstruct:
         self.t_inst = load_template("self_instruct_instance", cfg.templates)
         self.t_inst_cls = load_template("self_instruct_instance_cls", cfg.templates)
 
+    def run(self, seeds: list[dict], progress: bool = True) -> list[dict]:
+        return self.teacher.run(lambda pool: self._pipeline(pool, seeds, progress))
+
     # -- phase 1: new instructions ------------------------------------------------------------------
-    def bootstrap(self, seeds: list[dict]) -> list[dict]:
+    async def _bootstrap(self, pool, seeds: list[dict], on_accept=None) -> list[dict]:
+        """Rounds of bootstrap prompts; ``on_accept(task, index)`` is called as each new task is kept."""
         from .teacher import ChatRequest
 
         cfg, si, ledger = self.cfg, self.si, self.ledger
         index = NearDupIndex(cfg.filters.near_dup)
         index.add_many((s["id"], s["instruction"]) for s in seeds)
-        by_id = {s["id"]: s for s in seeds}
         machine: list[dict] = []
         for rnd in range(si.max_rounds):
             if len(machine) >= cfg.num:
@@ -92,7 +106,7 @@ class SelfInstruct:
                     params={"temperature": si.temperature, "top_p": si.top_p, "max_tokens": si.max_tokens},
                     seed=request_seed(cfg.seed, 2, rnd, p), tag=f"self_instruct:r{rnd}:p{p}"))
                 contexts.append(ctx)
-            results = self.teacher.chat_many(reqs, progress=False)
+            results = await pool.gather(reqs, priority=self.P_BOOTSTRAP)
             for p, (res, ctx) in enumerate(zip(results, contexts)):
                 if not res.ok:
                     ledger.count("generated")
@@ -116,49 +130,81 @@ class SelfInstruct:
                     if reason:
                         ledger.reject(text, reason, "bootstrap", detail={"round": rnd})
                         continue
-                    hit, best, mh = index.check(text) if cfg.filters.near_dup.enabled else (None, 0.0, None)
+                    hit, best, enc = index.check(text) if cfg.filters.near_dup.enabled else (None, 0.0, None)
                     if hit is not None:
                         ledger.reject(text, "near_dup", "bootstrap", detail={"dup_of": hit.dup_of,
                                                                               "rouge_l": round(hit.rouge_l, 4)})
                         continue
                     # Lineage: the in-context task this one is closest to (ROUGE-L), and that task's root seed.
-                    parent = max(ctx, key=lambda c: index.scorer.score(c["instruction"], text)["rougeL"].fmeasure)
+                    parent = max(ctx, key=lambda c: index.rouge_l(c["instruction"], text))
                     key = content_hash({"instruction": text, "n": len(machine)})
-                    index.add(key, text, mh)
+                    index.add(key, text, enc)
                     machine.append({"id": key, "instruction": text, "seed_id": parent["seed_id"],
                                     "parent_id": parent["id"], "round": rnd,
                                     "context_ids": [c["id"] for c in ctx], "rouge_l_max": round(best, 4)})
-                    by_id[key] = machine[-1]
+                    if on_accept is not None:
+                        on_accept(machine[-1], len(machine) - 1)
         self.rounds_run = rnd + 1 if si.max_rounds else 0
         return machine
 
     # -- phase 2 + 3: classify, then write an instance per task ------------------------------------
-    def instances(self, tasks: list[dict]) -> list[dict]:
+    async def _instance(self, pool, t: dict, i: int):
+        """(is classification?, the instance call's result) of task ``t``, the ``i``-th kept task."""
         from .teacher import ChatRequest
 
-        cfg, si, ledger = self.cfg, self.si, self.ledger
-        is_cls = [False] * len(tasks)
-        if si.identify_classification and tasks:
-            reqs = [ChatRequest(messages=user(self.t_cls.render(instruction=one_line(t["instruction"]))),
-                                params={"temperature": 0.0, "max_tokens": 8},
-                                seed=request_seed(cfg.seed, 3, i), tag=f"classify:{t['id']}")
-                    for i, t in enumerate(tasks)]
-            for i, res in enumerate(self.teacher.chat_many(reqs)):
-                is_cls[i] = bool(res.ok and parse_yes_no(res.text))
-        reqs = []
-        for i, t in enumerate(tasks):
-            tpl = self.t_inst_cls if is_cls[i] else self.t_inst
-            reqs.append(ChatRequest(messages=user(tpl.render(instruction=one_line(t["instruction"]))),
-                                    params={"temperature": si.response_temperature, "max_tokens": si.response_max_tokens},
-                                    seed=request_seed(cfg.seed, 4, i), tag=f"instance:{t['id']}"))
+        cfg, si = self.cfg, self.si
+        is_cls = False
+        if si.identify_classification:
+            res = await pool.submit(ChatRequest(
+                messages=user(self.t_cls.render(instruction=one_line(t["instruction"]))),
+                params={"temperature": 0.0, "max_tokens": 8},
+                seed=request_seed(cfg.seed, 3, i), tag=f"classify:{t['id']}"), self.P_CLASSIFY)
+            is_cls = bool(res.ok and parse_yes_no(res.text))
+        tpl = self.t_inst_cls if is_cls else self.t_inst
+        res = await pool.submit(ChatRequest(
+            messages=user(tpl.render(instruction=one_line(t["instruction"]))),
+            params={"temperature": si.response_temperature, "max_tokens": si.response_max_tokens},
+            seed=request_seed(cfg.seed, 4, i), tag=f"instance:{t['id']}"), self.P_INSTANCE)
+        return is_cls, res
+
+    async def _pipeline(self, pool, seeds: list[dict], progress: bool) -> list[dict]:
+        from .teacher import _progress
+
+        bar = _progress(self.cfg.num, progress)
+        pending: list[asyncio.Future] = []
+
+        def accept(task: dict, i: int) -> None:
+            fut = asyncio.ensure_future(self._instance(pool, task, i))
+            if bar is not None:
+                fut.add_done_callback(lambda _f: bar.update(1))
+            pending.append(fut)
+
+        try:
+            tasks = await self._bootstrap(pool, seeds, accept)
+            outcomes = await asyncio.gather(*pending)
+        except BaseException:
+            # Stop this run's queued calls; the pool lets the ones already sent land in the call log.
+            for f in pending:
+                f.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        self.ledger.count("instructions_kept", len(tasks))
+        return self._rows(tasks, outcomes)
+
+    def _rows(self, tasks: list[dict], outcomes: list) -> list[dict]:
+        """SFT rows in task order; failed instances go to the ledger with their reason."""
+        cfg, ledger = self.cfg, self.ledger
         rows = []
-        for i, (t, res) in enumerate(zip(tasks, self.teacher.chat_many(reqs) if reqs else [])):
+        for t, (is_cls, res) in zip(tasks, outcomes):
             common = dict(seed_id=t["seed_id"], parent_id=t["parent_id"])
             if not res.ok:
                 ledger.reject(t["instruction"], "teacher_error", "instance", **common, detail={"error": res.error})
                 continue
             try:
-                inp, out = parse_instance(res.text, is_cls[i])
+                inp, out = parse_instance(res.text, is_cls)
             except ParseError as e:
                 ledger.reject(t["instruction"], e.reason, "instance", **common, detail={"reply": res.text[:300]})
                 continue
@@ -166,22 +212,17 @@ class SelfInstruct:
             if reason:
                 ledger.reject(t["instruction"], reason, "instance", **common, detail={"output": out[:300]})
                 continue
-            tpl = self.t_inst_cls if is_cls[i] else self.t_inst
+            tpl = self.t_inst_cls if is_cls else self.t_inst
             msgs = [{"role": "user", "content": prompt_text(t["instruction"], inp)},
                     {"role": "assistant", "content": out}]
             prov = {"method": "self_instruct", "seed_id": t["seed_id"], "parent_id": t["parent_id"],
                     "teacher": self.teacher_prov, **self.t_boot.provenance(),
                     "templates": {x.name: x.version for x in (self.t_boot, self.t_cls, tpl)},
-                    "round": t["round"], "context_ids": t["context_ids"], "is_classification": is_cls[i],
+                    "round": t["round"], "context_ids": t["context_ids"], "is_classification": is_cls,
                     "filters": {"rouge_l_max": t["rouge_l_max"]}}
             rows.append({"id": content_hash({"messages": msgs}), "seed_id": t["seed_id"], "messages": msgs,
                          "provenance": prov})
         return rows
-
-    def run(self, seeds: list[dict]) -> list[dict]:
-        tasks = self.bootstrap(seeds)
-        self.ledger.count("instructions_kept", len(tasks))
-        return self.instances(tasks)
 
 
 def training_examples(seeds: list[dict], n: int, seed: int, cfg: SynthConfig, max_chars: int = 600) -> list[dict]:

@@ -1,7 +1,12 @@
 """The teacher client: every call orchard makes to a teacher LLM goes through here.
 
-Built on the official ``openai`` SDK (``AsyncOpenAI``, its own retries off so that ours decide), it adds
-what a long, paid generation run needs: bounded concurrency, retries with exponential backoff and jitter
+It speaks the OpenAI chat-completions protocol (one POST per call) through aiohttp directly (transport
+``direct``, the default when aiohttp is installed) or through the official ``openai`` SDK (``aiohttp``: the SDK
+on its aiohttp transport; ``httpx``: the SDK's default), its own retries off so that ours decide. Why direct:
+the SDK's request building (options models, URL parsing, header merging, its httpx request objects even on
+the aiohttp transport) doubles the client's CPU per call against a fast local teacher: 1,132 vs 2,361 calls/s
+on one core (benchmarks/synth_throughput.py). On top it adds what a long, paid generation
+run needs: bounded concurrency, retries with exponential backoff and jitter
 (tenacity) that honour ``Retry-After``, several endpoints with weighted load spreading and fall-back, a
 budget that stops the run cleanly (``BudgetExhausted``), and a SQLite call log that is also the cache, so
 a re-run or a resumed crash never pays twice for a call that completed. Results come back in input order,
@@ -34,8 +39,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlsplit
 
-import openai
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt,
+                      wait_random_exponential)
 
 from orchard.dataio import content_hash
 from orchard.errors import BudgetExhausted, OrchardError
@@ -194,7 +199,7 @@ class _LoopState:
 
     def __init__(self, n: int):
         self.sem = asyncio.Semaphore(n)
-        self.clients: dict[int, openai.AsyncOpenAI] = {}
+        self.clients: dict = {}  # endpoint index -> openai.AsyncOpenAI; "direct" -> one aiohttp.ClientSession
         self.inflight: dict[str, asyncio.Future] = {}
         # Group commit: rows of calls finishing in the same loop turn share one SQLite transaction.
         self.rows: list[dict] = []
@@ -214,13 +219,15 @@ class Teacher:
 
     def __init__(self, config: TeacherConfig, log_path: Optional[Path | str] = None, use_cache: bool = True,
                  transport: str = "auto"):
-        if transport not in ("auto", "aiohttp", "httpx"):
-            raise ValueError(f"transport must be auto, aiohttp or httpx, not {transport!r}")
+        if transport not in ("auto", "direct", "aiohttp", "httpx"):
+            raise ValueError(f"transport must be auto, direct, aiohttp or httpx, not {transport!r}")
         self.config = config
         self.use_cache = use_cache
-        # The SDK's aiohttp transport costs about half the CPU per request of its default (measured in
-        # benchmarks/synth_throughput.py), which matters when a fast local teacher answers in milliseconds.
-        self.transport = ("aiohttp" if _HAVE_AIOHTTP else "httpx") if transport == "auto" else transport
+        # aiohttp without the SDK costs the least CPU per request, the SDK on aiohttp about half of the SDK on
+        # its default (benchmarks/synth_throughput.py): it matters when a fast local teacher answers in ms.
+        self.transport = ("direct" if _HAVE_AIOHTTP else "httpx") if transport == "auto" else transport
+        if self.transport in ("direct", "aiohttp") and not _HAVE_AIOHTTP:
+            raise ValueError(f"transport {self.transport!r} needs aiohttp (pip install aiohttp)")
         self.log = CallLog(log_path)
         self.log_path = None if log_path is None else Path(log_path)
         self.endpoints = [_Endpoint(i, e) for i, e in enumerate(config.resolved_endpoints())]
@@ -297,8 +304,19 @@ class Teacher:
         return results  # type: ignore[return-value]
 
     def chat_many(self, requests: Iterable[ChatRequest | dict], progress: bool = True) -> list[ChatResult]:
-        """Synchronous ``arun``: runs its own event loop (in a thread if one is already running)."""
-        return _run_sync(self._arun_and_close(list(requests), progress))
+        """Synchronous ``arun`` on its own event loop (in a thread if one is already running), through a
+        ``CallPool``, so Ctrl-C lets the calls in flight land in the log first (``callpool``)."""
+        reqs = list(requests)
+        return self.run(lambda pool: pool.gather(reqs, progress=progress))
+
+    def run(self, main):
+        """``main(pool)``, a coroutine function given a ``callpool.CallPool``, on a fresh event loop (in a thread
+        if one is already running); returns what it returns. On a budget stop, a fatal teacher error or Ctrl-C
+        the calls in flight finish and are logged first; Ctrl-C then raises ``TeacherInterrupted``."""
+        from .callpool import graceful_sigint_possible, run_with_pool
+
+        return _run_sync(lambda in_thread: run_with_pool(
+            self, main, graceful_sigint=not in_thread and graceful_sigint_possible()))
 
     def chat(self, messages: list[dict], **kw) -> ChatResult:
         """Synchronous single call."""
@@ -389,7 +407,7 @@ class Teacher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(cfg.max_retries + 1),
             wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
+            retry=retry_if_exception_type(_Retryable) & retry_if_exception(self._not_interrupted),
             reraise=True,
         )
         try:
@@ -429,22 +447,10 @@ class Teacher:
         use_rf = want_json and ep.supports_json is not False
         if use_rf:
             kwargs["response_format"] = {"type": "json_object"}
-        client = self._client(ep, st)
-        try:
-            # The SDK's generic POST (auth, timeouts, status -> exception mapping) without its typed-param
-            # transform and response models, which cost more CPU than everything else orchard does per call.
-            body = await client.post("/chat/completions", cast_to=str, body=kwargs)
-            data = json.loads(body)
-        except openai.APIConnectionError as e:  # APITimeoutError is one of these
-            root = _root_cause(e)
-            if "Timeout" in type(root).__name__ or isinstance(root, TimeoutError):
-                raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
-            # (The aiohttp transport reports a refused or dropped connection as a "ConnectTimeout".)
-            raise self._fail(ep, f"connection error ({ep.host}): {type(root).__name__}")
-        except openai.APIStatusError as e:
-            raise self._status_error(e, ep, use_rf)
-        except (ValueError, UnicodeDecodeError):
-            raise self._fail(ep, f"malformed response body ({ep.host})")
+        if self.transport == "direct":
+            data = await self._post_direct(ep, st, kwargs, use_rf)
+        else:
+            data = await self._post_sdk(ep, st, kwargs, use_rf)
 
         usage = data.get("usage") if isinstance(data, dict) else None
         choices = data.get("choices") if isinstance(data, dict) else None
@@ -484,6 +490,57 @@ class Teacher:
         ep.streak = 0
         self._fail_streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
+
+    async def _post_direct(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool):
+        """POST /chat/completions with aiohttp; the decoded JSON body, or the failure as ``_fail`` classifies it."""
+        import aiohttp
+
+        session = st.clients.get("direct")
+        if session is None:
+            # Our semaphore bounds concurrency, so the connector does not (its default limit is 100).
+            session = st.clients["direct"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
+        headers = {"Authorization": f"Bearer {self._api_key(ep)}", "Content-Type": "application/json"}
+        try:
+            async with session.post(ep.cfg.base_url + "/chat/completions", data=json.dumps(kwargs).encode(),
+                                    headers=headers) as r:
+                status, resp_headers, body = r.status, r.headers, await r.read()
+        except asyncio.TimeoutError:  # aiohttp's total timeout (ServerTimeoutError is one of these too)
+            raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
+        except aiohttp.ClientError as e:  # refused, reset, dropped mid-answer
+            raise self._fail(ep, f"connection error ({ep.host}): {type(_root_cause(e)).__name__}")
+        if status >= 400:
+            try:
+                err = json.loads(body)
+            except ValueError:
+                err = None
+            raise self._status_error(status, resp_headers, _body_detail(err, body.decode("utf-8", "replace")),
+                                     ep, use_rf)
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise self._fail(ep, f"malformed response body ({ep.host})")
+
+    async def _post_sdk(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool):
+        """The same POST through the openai SDK (transports ``aiohttp`` and ``httpx``)."""
+        import openai
+
+        client = self._client(ep, st)
+        try:
+            # The SDK's generic POST (auth, timeouts, status -> exception mapping) without its typed-param
+            # transform and response models.
+            body = await client.post("/chat/completions", cast_to=str, body=kwargs)
+            return json.loads(body)
+        except openai.APIConnectionError as e:  # APITimeoutError is one of these
+            root = _root_cause(e)
+            if "Timeout" in type(root).__name__ or isinstance(root, TimeoutError):
+                raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
+            # (The aiohttp transport reports a refused or dropped connection as a "ConnectTimeout".)
+            raise self._fail(ep, f"connection error ({ep.host}): {type(root).__name__}")
+        except openai.APIStatusError as e:
+            raise self._status_error(e.status_code, e.response.headers, _error_detail(e), ep, use_rf)
+        except (ValueError, UnicodeDecodeError):
+            raise self._fail(ep, f"malformed response body ({ep.host})")
 
     def _count_usage(self, acc: dict, usage, messages: list[dict], text) -> None:
         """Add a response's tokens; servers that omit ``usage`` get a chars/4 estimate so budgets still hold."""
@@ -525,11 +582,10 @@ class Teacher:
                                 f"endpoints (last: {reason}); completed calls are saved, re-run to resume")
         return _Retryable(reason, retry_after=retry_after)
 
-    def _status_error(self, e: openai.APIStatusError, ep: _Endpoint, used_rf: bool) -> Exception:
-        code = e.status_code
-        detail = self._redact(_error_detail(e))
+    def _status_error(self, code: int, headers, detail: str, ep: _Endpoint, used_rf: bool) -> Exception:
+        detail = self._redact(detail)
         if code == 429:
-            ra = parse_retry_after(e.response.headers)
+            ra = parse_retry_after(headers)
             cap = self.config.max_retry_after_s
             if ra is not None and ra > cap:
                 # A quota, not a hiccup (e.g. "retry after 86400"): stalling the run for it helps nobody.
@@ -544,7 +600,7 @@ class Teacher:
                 return _Retryable(f"rate limited 429 for {ra:.0f} s ({ep.host})", immediate=True)
             return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=ra, alive=True)
         if code in (408, 409) or code >= 500:
-            return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(e.response.headers))
+            return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(headers))
         if code in (400, 422) and used_rf and re.search(r"response_format|json", detail, re.I):
             # The endpoint cannot do JSON mode: remember, and ask again without it (prompt still asks JSON).
             ep.supports_json = False
@@ -563,6 +619,12 @@ class Teacher:
                 return _Retryable(f"endpoint disabled: HTTP {code} ({ep.host})", immediate=True)
             return TeacherError("teacher unusable: " + "; ".join(x.dead for x in self.endpoints))
         return _RequestFailed(f"HTTP {code} from {ep.host} (not retried): {detail}")
+
+    def _not_interrupted(self, _exc) -> bool:
+        # After Ctrl-C a call in flight gets no more attempts: the stop waits at most one request timeout.
+        from .callpool import _Interrupt
+
+        return not isinstance(self._stop, _Interrupt)
 
     def _wait(self, retry_state) -> float:
         exc = retry_state.outcome.exception()
@@ -601,16 +663,20 @@ class Teacher:
                 return up[0]
             return self._rng.choices(up, weights=[e.cfg.weight for e in up])[0]
 
-    def _client(self, ep: _Endpoint, st: _LoopState) -> openai.AsyncOpenAI:
+    def _api_key(self, ep: _Endpoint) -> str:
+        key = os.environ.get(ep.cfg.api_key_env)
+        if not key:
+            if not ep.is_local:
+                raise TeacherError(f"environment variable {ep.cfg.api_key_env} is not set (the API key for {ep.host})")
+            key = _DUMMY_KEY  # local servers rarely check keys; the SDK insists on one
+        return key
+
+    def _client(self, ep: _Endpoint, st: _LoopState) -> "openai.AsyncOpenAI":
+        import openai
+
         c = st.clients.get(ep.idx)
         if c is None:
-            key = os.environ.get(ep.cfg.api_key_env)
-            if not key:
-                if not ep.is_local:
-                    raise TeacherError(
-                        f"environment variable {ep.cfg.api_key_env} is not set (the API key for {ep.host})"
-                    )
-                key = _DUMMY_KEY  # local servers rarely check keys; the SDK insists on one
+            key = self._api_key(ep)
             extra = {}
             if self.transport == "aiohttp":
                 extra["http_client"] = openai.DefaultAioHttpClient(timeout=self.config.timeout_s)
@@ -625,12 +691,6 @@ class Teacher:
         if st is None:
             st = self._states[loop] = _LoopState(self.config.max_concurrency)
         return st
-
-    async def _arun_and_close(self, requests, progress):
-        try:
-            return await self.arun(requests, progress=progress)
-        finally:
-            await self.aclose()
 
     # -- budget, params, bookkeeping -----------------------------------------------------------------
     def _check_budget(self) -> None:
@@ -737,13 +797,17 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _error_detail(e: openai.APIStatusError) -> str:
-    body = getattr(e, "body", None)
+def _body_detail(body, fallback: str) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else ``fallback``."""
     if isinstance(body, dict):
         err = body["error"] if isinstance(body.get("error"), dict) else body
         if err.get("message"):
             return str(err["message"])[:300]
-    return str(getattr(e, "message", e))[:300]
+    return fallback[:300]
+
+
+def _error_detail(e) -> str:
+    return _body_detail(getattr(e, "body", None), str(getattr(e, "message", e)))
 
 
 _NOT_PARAMS = {
@@ -786,17 +850,18 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="teacher", unit="call", leave=False)
 
 
-def _run_sync(coro):
-    """asyncio.run, or the same in a helper thread when the caller already runs a loop (notebooks)."""
+def _run_sync(make_coro):
+    """asyncio.run(make_coro(False)), or make_coro(True) in a helper thread when the caller already runs a loop
+    (notebooks)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return asyncio.run(make_coro(False))
     box: dict = {}
 
     def target():
         try:
-            box["v"] = asyncio.run(coro)
+            box["v"] = asyncio.run(make_coro(True))
         except BaseException as e:  # re-raised in the caller's thread
             box["e"] = e
 

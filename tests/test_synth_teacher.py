@@ -39,7 +39,7 @@ def reqs(n: int, prefix: str = "item") -> list[ChatRequest]:
     return [ChatRequest([{"role": "user", "content": f"{prefix} {i}"}], tag=f"{prefix}-{i}") for i in range(n)]
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "aiohttp", "httpx"])
 def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path, transport):
     plan = FaultPlan(
         {"500": 0.04, "503": 0.02, "429": 0.03, "timeout": 0.01, "malformed": 0.03, "truncated": 0.03,
@@ -491,7 +491,7 @@ def test_two_processes_share_one_call_log(tmp_path):
     assert len(CallLog(db).ok_keys()) == 300
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "aiohttp", "httpx"])
 def test_a_down_teacher_stops_the_run_quickly_instead_of_retrying_every_item(tmp_path, transport):
     t = Teacher(cfg("http://127.0.0.1:9/v1", max_concurrency=4, backoff_base_s=0.05, backoff_max_s=0.2), None,
                 transport=transport)
