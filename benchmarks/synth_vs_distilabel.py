@@ -137,7 +137,8 @@ def run_orchard_child(a) -> None:
 
     # The openai SDK's own retry delays are 0.5 s doubling to 8 s; orchard's backoff is set the same.
     tc = TeacherConfig(base_url=a.base_url, model="fake", max_concurrency=a.concurrency, timeout_s=a.timeout,
-                       max_retries=a.max_retries, backoff_base_s=0.5, backoff_max_s=8.0, max_tokens=512)
+                       max_retries=a.max_retries, backoff_base_s=0.5, backoff_max_s=8.0, max_tokens=512,
+                       transport=a.orchard_transport)
     cfg = SynthConfig(num=a.num, report=False, self_instruct=SelfInstructConfig(
         tasks_per_prompt=a.per_seed, prompts_per_round=a.concurrency, max_rounds=100, temperature=1.0,
         identify_classification=a.orchard_classify,
@@ -187,7 +188,8 @@ def orchard_cmd(url: str, seed_file: Path, out: Path, work: Path, a, num: int | 
     return [sys.executable, __file__, "--orchard-child", "--base-url", url, "--seed-file", str(seed_file),
             "--out", str(out), "--work", str(work), "--num", str(num or a.seeds * a.per_seed), "--per-seed",
             str(a.per_seed), "--concurrency", str(a.concurrency), "--timeout", str(a.timeout), "--max-retries",
-            str(a.max_retries)] + (["--orchard-classify"] if a.orchard_classify else [])
+            str(a.max_retries), "--orchard-transport", a.orchard_transport] + (
+                ["--orchard-classify"] if a.orchard_classify else [])
 
 
 def orchard_delivered(out: Path) -> int:
@@ -424,6 +426,8 @@ def main(argv=None) -> dict:
     for k in ("--base-url", "--seed-file", "--out", "--work"):
         ap.add_argument(k, help=argparse.SUPPRESS)
     ap.add_argument("--num", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--orchard-transport", default="auto", choices=["auto", "direct", "aiohttp", "httpx"],
+                    help="orchard's teacher transport (auto = direct; aiohttp/httpx = the openai SDK on it)")
     ap.add_argument("--orchard-classify", action="store_true",
                     help="keep orchard's classification call per task (distilabel has no such step)")
     a = ap.parse_args(argv)

@@ -6,7 +6,7 @@ never part of a config: ``api_key_env`` names the environment variable read at c
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -83,6 +83,10 @@ class TeacherConfig(BaseModel):
     backoff_base_s: float = Field(default=0.5, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     max_retry_after_s: float = Field(default=300.0, ge=0, description="longest Retry-After honoured as-is")
+    transport: Literal["auto", "direct", "aiohttp", "httpx"] = Field(
+        default="auto", description="HTTP path: 'aiohttp'/'httpx' = the openai SDK on that transport; 'direct' = "
+                                    "one aiohttp POST per call (least CPU); 'auto' = direct for a teacher on this machine "
+                                    "(loopback host), the SDK on aiohttp for hosted endpoints")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     response_format_json: bool = Field(
         default=False, description="ask for JSON output (response_format=json_object where the endpoint supports it)"

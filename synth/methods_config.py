@@ -82,11 +82,6 @@ class GroundedConfig(_Strict):
 class NearDupConfig(_Strict):
     enabled: bool = True
     rouge_threshold: float = Field(default=0.7, gt=0, le=1, description="ROUGE-L F >= this confirms a duplicate")
-    # The three MinHash/LSH knobs below no longer do anything: near duplicates are found by an exact ROUGE-L scan
-    # of the whole pool (synth/dedup.py). They are still accepted so that existing recipes validate.
-    lsh_threshold: float = Field(default=0.4, gt=0, lt=1, description="unused (was: MinHash LSH candidate threshold)")
-    num_perm: int = Field(default=128, ge=16, le=1024, description="unused (was: MinHash permutations)")
-    shingle: int = Field(default=1, ge=1, le=5, description="unused (was: word n-gram size of MinHash shingles)")
 
 
 class SemanticDedupConfig(_Strict):

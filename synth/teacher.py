@@ -1,8 +1,9 @@
 """The teacher client: every call orchard makes to a teacher LLM goes through here.
 
-It speaks the OpenAI chat-completions protocol (one POST per call) through aiohttp directly (transport
-``direct``, the default when aiohttp is installed) or through the official ``openai`` SDK (``aiohttp``: the SDK
-on its aiohttp transport; ``httpx``: the SDK's default), its own retries off so that ours decide. Why direct:
+It speaks the OpenAI chat-completions protocol (one POST per call) through the official ``openai`` SDK
+(``aiohttp``: the SDK on its aiohttp transport, the default for hosted endpoints; ``httpx``: the SDK's default)
+or through aiohttp directly (``direct``, the default for a teacher on this machine), the SDK's own retries off so
+that ours decide. Why direct:
 the SDK's request building (options models, URL parsing, header merging, its httpx request objects even on
 the aiohttp transport) doubles the client's CPU per call against a fast local teacher: 1,132 vs 2,361 calls/s
 on one core (benchmarks/synth_throughput.py). On top it adds what a long, paid generation
@@ -177,6 +178,20 @@ class _RequestFailed(Exception):
     """This request cannot succeed as sent (HTTP 400, 422): recorded as its error, the run goes on."""
 
 
+def _is_loopback(base_url: str) -> bool:
+    """Whether an endpoint is on this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    name = urlsplit(base_url or "").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class _Endpoint:
     def __init__(self, idx: int, cfg: EndpointConfig):
         self.idx, self.cfg, self.host = idx, cfg, cfg.host
@@ -219,13 +234,20 @@ class Teacher:
 
     def __init__(self, config: TeacherConfig, log_path: Optional[Path | str] = None, use_cache: bool = True,
                  transport: str = "auto"):
+        if transport == "auto":
+            transport = getattr(config, "transport", "auto")
         if transport not in ("auto", "direct", "aiohttp", "httpx"):
             raise ValueError(f"transport must be auto, direct, aiohttp or httpx, not {transport!r}")
         self.config = config
         self.use_cache = use_cache
-        # aiohttp without the SDK costs the least CPU per request, the SDK on aiohttp about half of the SDK on
-        # its default (benchmarks/synth_throughput.py): it matters when a fast local teacher answers in ms.
-        self.transport = ("direct" if _HAVE_AIOHTTP else "httpx") if transport == "auto" else transport
+        # "auto": the openai SDK (on aiohttp when installed) for hosted endpoints, where a call takes 100s of ms
+        # and the SDK's handling of providers is worth its CPU; the direct POST for teachers on this machine
+        # (vLLM, llama.cpp, transformers serve), which answer in ms, so that the client's CPU per call (half the
+        # SDK's: 2,361 vs 1,132 calls/s, benchmarks/synth_throughput.py) does not become the bottleneck.
+        if transport == "auto":
+            local = all(_is_loopback(e.base_url) for e in config.resolved_endpoints())
+            transport = ("direct" if local else "aiohttp") if _HAVE_AIOHTTP else "httpx"
+        self.transport = transport
         if self.transport in ("direct", "aiohttp") and not _HAVE_AIOHTTP:
             raise ValueError(f"transport {self.transport!r} needs aiohttp (pip install aiohttp)")
         self.log = CallLog(log_path)

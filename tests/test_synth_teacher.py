@@ -511,3 +511,25 @@ def test_request_params_that_would_break_accounting_are_refused():
             t.chat_many([ChatRequest([{"role": "user", "content": "x"}], params=bad)], progress=False)
     with pytest.raises(ValueError, match="non-empty list"):
         t.chat_many([{"messages": []}], progress=False)
+
+
+def test_transport_auto_is_direct_only_for_a_teacher_on_this_machine():
+    """The openai SDK for hosted endpoints; the direct POST (half the client CPU per call) for loopback ones."""
+    from pydantic import ValidationError
+
+    from orchard.synth.config import EndpointConfig
+    from orchard.synth.teacher import Teacher
+
+    def tr(**kw):
+        return Teacher(TeacherConfig(**kw)).transport
+
+    assert tr(base_url="http://127.0.0.1:8000/v1", model="m") == "direct"
+    assert tr(base_url="http://localhost:8000/v1", model="m") == "direct"
+    assert tr(base_url="http://[::1]:8000/v1", model="m") == "direct"
+    assert tr(base_url="https://api.openai.com/v1", model="m") == "aiohttp"  # the SDK on aiohttp
+    mixed = [EndpointConfig(base_url="http://127.0.0.1:8000/v1", model="m"),
+             EndpointConfig(base_url="https://api.example.com/v1", model="m")]
+    assert tr(endpoints=mixed) == "aiohttp"
+    assert tr(base_url="http://127.0.0.1:8000/v1", model="m", transport="httpx") == "httpx"
+    with pytest.raises(ValidationError, match="transport"):
+        TeacherConfig(base_url="http://127.0.0.1:8000/v1", model="m", transport="curl")
