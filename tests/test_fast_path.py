@@ -94,13 +94,19 @@ def test_sft_loss_and_lora_grads_match_plain(spy, side):
     assert spy and all(s == [37, 5, 60, 18] for s in spy)
 
 
-def test_checkpointing_and_kept_layers_match_plain(spy):
+def _checkpointed_pair():
+    """The plain model and a padding-free copy, both with activation checkpointing on, in training mode."""
     plain = _tiny_peft()
     packed = copy.deepcopy(plain)
     unpad.enable(packed)
     for m in (plain, packed):
         m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
         m.train()
+    return plain, packed
+
+
+def test_checkpointing_and_kept_layers_match_plain(spy):
+    plain, packed = _checkpointed_pair()
     assert checkpointing.set_kept_layers(packed, 1) == 1
     layers = unpad.backbone(packed).layers
     assert [lay.gradient_checkpointing for lay in layers] == [True, True, False]
@@ -159,17 +165,21 @@ def test_decide_falls_back_without_a_gpu():
         fast.decide("fast")
 
 
-def test_trl_trainers_same_losses_through_benchmark(tmp_path):
-    """SFTTrainer and DPOTrainer with fast.apply(): the logged losses of the first steps equal the plain path's."""
+def _bench_paths(tmp_path, variants: str) -> dict:
+    """Run benchmarks/train_speed.py's TRL paths on a tiny model (1 warm-up + 2 steps): results by path."""
     bench = ROOT / "benchmarks" / "train_speed.py"
     model = tmp_path / "llama-tiny"
     run = [sys.executable, str(bench)]
     subprocess.run(run + ["make", "--size", "tiny", "--model", str(model)], check=True, capture_output=True)
     out = tmp_path / "trl.json"
     subprocess.run(run + ["trl", "--model", str(model), "--steps", "2", "--warmup", "1", "--maxlen", "128",
-                          "--variants", "plain_sft,fast_sft,plain_dpo,fast_dpo", "--out", str(out)],
-                   check=True, capture_output=True, timeout=600)
-    res = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+                          "--variants", variants, "--out", str(out)], check=True, capture_output=True, timeout=600)
+    return {r["path"]: r for r in json.loads(out.read_text())["results"]}
+
+
+def test_trl_trainers_same_losses_through_benchmark(tmp_path):
+    """SFTTrainer and DPOTrainer with fast.apply(): the logged losses of the first steps equal the plain path's."""
+    res = _bench_paths(tmp_path, "plain_sft,fast_sft,plain_dpo,fast_dpo")
     assert all("error" not in r for r in res.values()), res
     assert res["fast_sft"]["applied"]["padding_free"] is True
     assert res["fast_sft"]["applied"]["fused_lora_layers"] == 4 * 7  # tiny model: 4 layers x 7 linears
@@ -183,15 +193,7 @@ def test_trl_trainers_same_losses_through_benchmark(tmp_path):
 def test_folded_accumulation_takes_the_same_optimizer_steps(tmp_path):
     """2 micro batches of 4 accumulated (plain TRL) vs the fast path's one micro batch of 8: same examples per
     optimizer step, same logged losses step after step (TRL normalises an accumulated step over all of it)."""
-    bench = ROOT / "benchmarks" / "train_speed.py"
-    model = tmp_path / "llama-tiny"
-    run = [sys.executable, str(bench)]
-    subprocess.run(run + ["make", "--size", "tiny", "--model", str(model)], check=True, capture_output=True)
-    out = tmp_path / "trl.json"
-    subprocess.run(run + ["trl", "--model", str(model), "--steps", "2", "--warmup", "1", "--maxlen", "128",
-                          "--variants", "plain_sft_ga2,fast_sft_ga2_fold,plain_dpo_ga2,fast_dpo_ga2_fold",
-                          "--out", str(out)], check=True, capture_output=True, timeout=600)
-    res = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+    res = _bench_paths(tmp_path, "plain_sft_ga2,fast_sft_ga2_fold,plain_dpo_ga2,fast_dpo_ga2_fold")
     assert all("error" not in r for r in res.values()), res
     for stage, bs in (("sft", 4), ("dpo", 2)):
         p, f = res[f"plain_{stage}_ga2"], res[f"fast_{stage}_ga2_fold"]
@@ -303,12 +305,7 @@ def test_token_budget_keeps_more_layers_for_shorter_batches():
 
 
 def test_kept_layers_follow_each_batch_and_math_is_unchanged(spy):
-    plain = _tiny_peft()
-    packed = copy.deepcopy(plain)
-    unpad.enable(packed)
-    for m in (plain, packed):
-        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
-        m.train()
+    plain, packed = _checkpointed_pair()
     inner = unpad.backbone(packed)
     asked = []
 
