@@ -58,7 +58,6 @@ try:  # the openai SDK's optional aiohttp transport (`openai[aiohttp]`)
 except ImportError:
     _HAVE_AIOHTTP = False
 
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", "[::1]"}
 _DUMMY_KEY = "sk-orchard-local-no-key"
 # A fresh endpoint failure streak this long takes the endpoint out of rotation for a while.
 _BREAKER_STREAK = 3
@@ -178,13 +177,12 @@ class _RequestFailed(Exception):
     """This request cannot succeed as sent (HTTP 400, 422): recorded as its error, the run goes on."""
 
 
-def _is_loopback(base_url: str) -> bool:
-    """Whether an endpoint is on this machine (localhost, 127.0.0.0/8, ::1)."""
+def _is_local(base_url: str) -> bool:
+    """Whether an endpoint is on this machine (localhost, 0.0.0.0, 127.0.0.0/8, ::1)."""
     import ipaddress
-    from urllib.parse import urlsplit
 
     name = urlsplit(base_url or "").hostname or ""
-    if name == "localhost":
+    if name in ("localhost", "0.0.0.0"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
@@ -206,7 +204,7 @@ class _Endpoint:
 
     @property
     def is_local(self) -> bool:
-        return (urlsplit(self.cfg.base_url).hostname or "") in _LOCAL_HOSTS
+        return _is_local(self.cfg.base_url)
 
 
 class _LoopState:
@@ -244,15 +242,15 @@ class Teacher:
         # and the SDK's handling of providers is worth its CPU; the direct POST for teachers on this machine
         # (vLLM, llama.cpp, transformers serve), which answer in ms, so that the client's CPU per call (half the
         # SDK's: 2,361 vs 1,132 calls/s, benchmarks/synth_throughput.py) does not become the bottleneck.
+        self.endpoints = [_Endpoint(i, e) for i, e in enumerate(config.resolved_endpoints())]
         if transport == "auto":
-            local = all(_is_loopback(e.base_url) for e in config.resolved_endpoints())
+            local = all(ep.is_local for ep in self.endpoints)
             transport = ("direct" if local else "aiohttp") if _HAVE_AIOHTTP else "httpx"
         self.transport = transport
         if self.transport in ("direct", "aiohttp") and not _HAVE_AIOHTTP:
             raise ValueError(f"transport {self.transport!r} needs aiohttp (pip install aiohttp)")
         self.log = CallLog(log_path)
         self.log_path = None if log_path is None else Path(log_path)
-        self.endpoints = [_Endpoint(i, e) for i, e in enumerate(config.resolved_endpoints())]
         # The cache key names the model(s), not hosts: replicas of one model share cached answers.
         self.model_id = "|".join(sorted({e.cfg.model for e in self.endpoints}))
         self._rng = random.Random()

@@ -5,6 +5,6 @@ TRL config; ``apply(trainer, plan)`` once the trainer exists. Same math as the p
 checks loss and gradients); measured in benchmarks/train_speed.py, results in benchmarks/README.md.
 """
 
-from .plan import FastPathCallback, FastPlan, apply, decide, trainer_kwargs
+from .plan import FastPlan, apply, decide, trainer_kwargs
 
-__all__ = ["FastPathCallback", "FastPlan", "apply", "decide", "trainer_kwargs"]
+__all__ = ["FastPlan", "apply", "decide", "trainer_kwargs"]

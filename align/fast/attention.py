@@ -65,7 +65,6 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 # torch.nn.attention.varlen; they are called directly because that wrapper's signature moved between releases.
 
 _CU: dict = {}
-_GQA_NATIVE = [True]  # set to False if this build's kernel refuses fewer key/value heads than query heads
 
 
 USE_VARLEN = [True]  # FastPlan.varlen_attention; False keeps one SDPA call per example (measurements)
@@ -117,20 +116,13 @@ def _varlen(query, key, value, lens, scaling, lens_k=None):
     q = query[0].transpose(0, 1).contiguous()
     k = key[0].transpose(0, 1).contiguous()
     v = value[0].transpose(0, 1).contiguous()
-    if k.shape[1] != q.shape[1] and not _GQA_NATIVE[0]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     lens_k = lens if lens_k is None else lens_k
     cu_q = _cu_seqlens(lens, q.device)
     cu_k = cu_q if lens_k == lens else _cu_seqlens(lens_k, q.device)
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    try:
-        out = _FlashVarlen.apply(q, k, v, cu_q, cu_k, max(lens), max(lens_k), scale)
-    except RuntimeError:
-        if k.shape[1] == q.shape[1]:
-            raise
-        _GQA_NATIVE[0] = False
-        return _varlen(query, key, value, lens, scaling, lens_k)
+    # fewer key/value heads than query heads (GQA) go in as they are: the flash kernel handles them
+    # (tests/test_fast_path_gpu.py, 32/8 heads on an H100)
+    out = _FlashVarlen.apply(q, k, v, cu_q, cu_k, max(lens), max(lens_k), scale)
     return out.unsqueeze(0)
 
 

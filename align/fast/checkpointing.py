@@ -47,11 +47,9 @@ def _unkeep(layer) -> None:
 
 def set_kept_layers(model, keep: int) -> int:
     """Exempt the last ``keep`` layers of ``model``'s backbone from checkpointing; returns how many."""
-    layers = list(backbone(model).layers)
-    keep = max(0, min(int(keep), len(layers)))
-    for layer in layers[len(layers) - keep:]:
-        _keep(layer)
-    return keep
+    inner = backbone(model)
+    set_kept_exact(inner, keep)
+    return max(0, min(int(keep), len(inner.layers)))
 
 
 def set_kept_exact(inner, keep: int) -> None:
