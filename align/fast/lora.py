@@ -31,10 +31,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if not torch.is_autocast_enabled(x.device.type) and not x.dtype == a.dtype == b.dtype:
         return peft_forward(self, x, *args, **kwargs)  # PEFT casts around the adapter; keep its rules
     result = self.base_layer(x)
-    if result.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-        return peft_forward(self, x, *args, **kwargs)
-    xa = x.reshape(-1, x.shape[-1]) @ a.t()
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), xa, b.t(), alpha=self.scaling[name])
+    xa, bt = x.reshape(-1, x.shape[-1]) @ a.t(), b.t()
+    if xa.dtype != result.dtype:  # no autocast, base computing in another dtype: the update is cast, as in PEFT
+        xa, bt = xa.to(result.dtype), bt.to(result.dtype)
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), xa, bt, alpha=self.scaling[name])
     return out.view(result.shape)
 
 
