@@ -70,6 +70,10 @@ VARIANTS = {
     "fast_sft_ga2_nofold": ("sft", dict(fold_accumulation=False), 1, True, 2),
     "fast_sft_ga2_fold": ("sft", dict(fold_accumulation=True), 1, True, 2),  # forced (CPU tests)
     "fast_dpo": ("dpo", dict(), 1, True, 1),
+    "fast_sft_nolayer": ("sft", dict(fused_layers=False), 1, True, 1),
+    "fast_dpo_nolayer": ("dpo", dict(fused_layers=False), 1, True, 1),
+    "fast_sft_ga2_nolayer": ("sft", dict(fused_layers=False), 1, True, 2),
+    "fast_dpo_ga2_nolayer": ("dpo", dict(fused_layers=False), 1, True, 2),
     "fast_dpo_nofuse": ("dpo", dict(fused_lora=False), 1, True, 1),
     "fast_dpo_noshare": ("dpo", dict(shared_prefix=False), 1, True, 1),
     "fast_dpo_ga2_noshare": ("dpo", dict(shared_prefix=False), 1, True, 2),
@@ -212,6 +216,8 @@ class _Meter:
             def on_step_end(self, args, state, control, **kw):
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
+                    # before the kept-layer planner (added later) resets the peak for its next step
+                    meter.peak = max(meter.peak, torch.cuda.max_memory_allocated())
                 meter.t.append(time.perf_counter())
 
             def on_train_begin(self, args, state, control, **kw):
@@ -222,6 +228,7 @@ class _Meter:
         self.cb = CB()
         self.t: list[float] = []
         self.t0 = None
+        self.peak = 0
         self.tokens: list[int] = []  # per micro batch, in order
         self.seqs: list[int] = []
 
@@ -237,13 +244,16 @@ class _Meter:
             self.seqs.append(int((pos == 0).sum()) if pos is not None else int(ids.shape[0]))
 
 
-def _summary(meter: _Meter, warmup: int, grad_accum: int, losses: list, stage: str, bs: int) -> dict:
+def _summary(meter: _Meter, warmup: int, grad_accum: int, losses: list, stage: str, bs: int,
+             steps: int | None = None) -> dict:
+    """``steps``: the timed window after the warm-up (default: every step after it); profiled steps come after
+    the window and are not timed."""
     steps_total = len(meter.t)
-    timed = steps_total - warmup
+    timed = steps_total - warmup if steps is None else min(steps, steps_total - warmup)
     t_start = meter.t[warmup - 1] if warmup > 0 else meter.t0
-    dt = meter.t[-1] - t_start
-    toks = sum(meter.tokens[warmup * grad_accum:])
-    seqs = sum(meter.seqs[warmup * grad_accum:])
+    dt = meter.t[warmup + timed - 1] - t_start
+    toks = sum(meter.tokens[warmup * grad_accum:(warmup + timed) * grad_accum])
+    seqs = sum(meter.seqs[warmup * grad_accum:(warmup + timed) * grad_accum])
     out = {"steps_total": steps_total, "steps_timed": timed, "step_s": round(dt / timed, 4),
            "useful_tokens_per_s": round(toks / dt, 1), "tokens_timed": toks,
            "step_times_s": [round(b - a, 3) for a, b in zip([meter.t0] + meter.t, meter.t)],
@@ -270,8 +280,10 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
             setattr(plan, k, v)
         if not torch.cuda.is_available():
             plan.liger = False
+    wanted = a.profile_only.split(",") if getattr(a, "profile_only", None) else None
+    profiled = bool(a.profile) and (wanted is None or name in wanted)
     common = dict(output_dir=f"/tmp/train-speed-{name}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-                  max_steps=a.warmup + a.steps, bf16=torch.cuda.is_available(), gradient_checkpointing=ckpt,
+                  max_steps=a.warmup + a.steps + (a.profile if profiled else 0), bf16=torch.cuda.is_available(), gradient_checkpointing=ckpt,
                   gradient_checkpointing_kwargs={"use_reentrant": False} if ckpt else None, max_length=a.maxlen,
                   logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=42,
                   use_cpu=not torch.cuda.is_available(), lr_scheduler_type="constant", disable_tqdm=True)
@@ -302,10 +314,11 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         return orig_step(model, inputs, *r, **k)
 
     tr.training_step = training_step
-    wanted = a.profile_only.split(",") if getattr(a, "profile_only", None) else None
-    prof = _Profiler(a.warmup, a.profile) if a.profile and (wanted is None or name in wanted) else None
+    prof = _Profiler(a.warmup + a.steps, a.profile) if profiled and not a.pyprofile else None  # after the window
     if prof:
         tr.add_callback(prof.cb)
+    if profiled and a.pyprofile:
+        tr.add_callback(_PyProfile(a.warmup + a.steps, a.profile, name, str(Path(a.out).parent)).cb)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -321,11 +334,12 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
            "checkpointing": ckpt}
     if err is None:
         losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
-        res.update(_summary(meter, a.warmup, ga, losses, stage, bs))
+        res.update(_summary(meter, a.warmup, ga, losses, stage, bs, steps=a.steps))
         res["grad_accum"], res["examples_per_step"] = ga, bs * ga
         first = tr.state.log_history[0] if tr.state.log_history else {}
         res["first_step"] = {k: first.get(k) for k in ("loss", "logps/chosen", "logps/rejected") if k in first}
-        res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+        res["peak_gib"] = (round(max(meter.peak, torch.cuda.max_memory_allocated()) / 2**30, 2)
+                           if torch.cuda.is_available() else None)
     else:
         res["error"] = err
     kept = [c.report() for c in tr.callback_handler.callbacks if type(c).__name__ == "PartialCheckpointing"]
@@ -335,9 +349,14 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         res["profile"] = prof.summary()
     # hand the bare 4-bit base back for the next path
     model = tr.model
+    from orchard.align.fast import layer as fast_layer
     from orchard.align.fast.checkpointing import reset_kept_layers
 
+    from orchard.align.fast import host as fast_host
+
     reset_kept_layers(model)
+    fast_host.restore(model)
+    fast_layer.disable(model)
     unpad.disable(model)
     base = model.unload() if hasattr(model, "unload") else model
     if hasattr(base, "gradient_checkpointing_disable"):
@@ -348,6 +367,47 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         torch.cuda.empty_cache()
     print("RESULT " + json.dumps({k: v for k, v in res.items() if k != "step_times_s"}), flush=True)
     return res, base
+
+
+class _PyProfile:
+    """cProfile over ``n`` optimizer steps from step ``start``: where the host's time goes (the GPU waits on it)."""
+
+    def __init__(self, start: int, n: int, name: str, out_dir: str | None):
+        import cProfile
+
+        from transformers import TrainerCallback
+
+        me = self
+        self.prof, self.name, self.out_dir = cProfile.Profile(), name, out_dir
+        self.on = False
+
+        class CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if state.global_step == start and not me.on:
+                    me.prof.enable()
+                    me.on = True
+
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == start + n and me.on:
+                    me.prof.disable()
+                    me.on = False
+                    me.dump()
+
+        self.cb = CB()
+
+    def dump(self) -> None:
+        import io
+        import pstats
+
+        if self.out_dir:
+            self.prof.dump_stats(str(Path(self.out_dir, f"pyprofile-{self.name}.prof")))
+        for key in ("tottime", "cumulative"):
+            buf = io.StringIO()
+            pstats.Stats(self.prof, stream=buf).sort_stats(key).print_stats(45)
+            text = buf.getvalue()
+            print(f"PYPROFILE {self.name} by {key}\n" + "\n".join(text.splitlines()[:75]), flush=True)
+            if self.out_dir:
+                Path(self.out_dir, f"pyprofile-{self.name}-{key}.txt").write_text(text)
 
 
 class _Profiler:
@@ -384,20 +444,49 @@ class _Profiler:
             return {}
         ev = self.prof.key_averages()
         dev = lambda e: getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)  # noqa: E731
-        rows = sorted(ev, key=dev, reverse=True)
-        busy = sum(dev(e) for e in ev) / 1e3
         wall = (self.t[1] - self.t[0]) * 1e3
-        kernels = sum(e.count for e in ev if dev(e) > 0 and e.device_type.name == "CUDA")
-        table = [(e.key[:70], e.count, round(dev(e) / 1e3, 1), round(e.self_cpu_time_total / 1e3, 1)) for e in rows[:top]]
+        # kernels only (operator rows also carry their kernels' device time: summing both double-counts)
+        kernels = [e for e in self.prof.events() if e.device_type.name == "CUDA"]
+        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, gaps, end = 0.0, [], None
+        for s, t in spans:
+            if end is None or s > end:
+                if end is not None:
+                    gaps.append(s - end)
+                busy += t - s
+                end = t
+            elif t > end:
+                busy += t - end
+                end = t
+        cats: dict[str, float] = {}
+        for e in kernels:
+            n = e.name.lower()
+            c = ("gemm" if any(x in n for x in ("nvjet", "gemm", "cutlass", "sm90_xmma", "ampere_", "matmul"))
+                 else "dequant" if "dequant" in n else "attention" if any(x in n for x in ("flash", "fmha", "attention"))
+                 else "triton" if "triton" in n or "liger" in n or "_kernel_" in n and "at::native" not in n
+                 else "memcpy/set" if "memcpy" in n or "memset" in n
+                 else "reduce" if "reduce" in n else "elementwise")
+            cats[c] = cats.get(c, 0.0) + (e.time_range.end - e.time_range.start) / 1e3
+        top_k = {}
+        for e in kernels:
+            top_k[e.name[:80]] = top_k.get(e.name[:80], 0.0) + (e.time_range.end - e.time_range.start) / 1e3
+        table = sorted(((k, round(v, 1)) for k, v in top_k.items()), key=lambda r: -r[1])[:top]
         cpu_rows = sorted(ev, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
         cpu_table = [(e.key[:70], e.count, round(e.self_cpu_time_total / 1e3, 1)) for e in cpu_rows]
-        print(f"PROFILE wall {wall:.0f} ms, GPU busy {busy:.0f} ms, {kernels} kernel launches")
+        syncs = sum(e.count for e in ev if "Synchronize" in e.key)
+        gaps.sort(reverse=True)
+        busy_ms = busy / 1e3
+        print(f"PROFILE wall {wall:.0f} ms, GPU busy {busy_ms:.0f} ms ({busy_ms / wall:.0%}), {len(kernels)} kernels, "
+              f"{syncs} syncs, idle in gaps > 50 us: {sum(g for g in gaps if g > 50) / 1e3:.0f} ms")
+        print("  categories (ms):", {k: round(v, 1) for k, v in sorted(cats.items(), key=lambda r: -r[1])})
         for r in table:
             print("  GPU", r)
         for r in cpu_table:
             print("  CPU", r)
-        return {"wall_ms": round(wall), "gpu_busy_ms": round(busy), "kernels": kernels, "top_gpu": table,
-                "top_cpu": cpu_table}
+        return {"wall_ms": round(wall), "gpu_busy_ms": round(busy_ms), "kernels": len(kernels), "syncs": syncs,
+                "idle_gaps_over_50us_ms": round(sum(g for g in gaps if g > 50) / 1e3, 1),
+                "largest_gaps_ms": [round(g / 1e3, 2) for g in gaps[:10]],
+                "categories_ms": {k: round(v, 1) for k, v in cats.items()}, "top_gpu": table, "top_cpu": cpu_table}
 
 
 def cmd_trl(a) -> None:
@@ -425,8 +514,9 @@ def cmd_trl(a) -> None:
     # Liger patches module forwards for good, so plain paths must run before any fast one.
     names = sorted(names, key=lambda n: VARIANTS[n][1] is not None)
     mult = max(VARIANTS[n][2] * VARIANTS[n][4] for n in names)
-    sft = Dataset.from_list(sft_rows(mult * a.bs * (a.warmup + a.steps), a.maxlen, V))
-    dpo = Dataset.from_list(dpo_rows(mult * a.dpo_bs * (a.warmup + a.steps), a.maxlen, V))
+    total = a.warmup + a.steps + a.profile
+    sft = Dataset.from_list(sft_rows(mult * a.bs * total, a.maxlen, V))
+    dpo = Dataset.from_list(dpo_rows(mult * a.dpo_bs * total, a.maxlen, V))
     for name in names:
         stage, over, mult, ckpt, ga = VARIANTS[name]
         bs = (a.bs if stage == "sft" else a.dpo_bs) * mult
@@ -616,7 +706,7 @@ def cmd_all(a) -> None:
         env["PYTHONPATH"] = os.pathsep.join([a.trl_site, str(ROOT)])
     try:
         subprocess.run([sys.executable, __file__, "trl", *common, "--dpo-bs", str(a.dpo_bs), "--variants",
-                        a.variants, "--profile", str(a.profile),
+                        a.variants, "--profile", str(a.profile), *(["--pyprofile"] if a.pyprofile else []),
                         *(["--profile-only", a.profile_only] if a.profile_only else []), "--out", str(trl_out)], env=env, check=False,
                        timeout=a.trl_timeout)
     except subprocess.TimeoutExpired:
@@ -665,6 +755,7 @@ def main(argv=None) -> None:
     p.add_argument("--unsloth-site", default=None, help="PYTHONPATH entry holding unsloth & its trl")
     p.add_argument("--no-unsloth", action="store_true")
     p.add_argument("--profile", type=int, default=0, help="profile this many steps after warm-up (trl paths)")
+    p.add_argument("--pyprofile", action="store_true", help="with --profile: cProfile the host instead")
     p.add_argument("--profile-only", default=None, help="comma-separated paths to profile (default: all)")
     p.add_argument("--trl-timeout", type=int, default=480)
     p.add_argument("--unsloth-timeout", type=int, default=240)

@@ -394,3 +394,92 @@ def test_shared_prefix_dpo_logps_and_grads_match(spy):
     for k in outs[0][2]:
         assert torch.allclose(outs[1][2][k], outs[0][2][k], rtol=1e-4, atol=1e-6), k
     assert spy == []  # the shared-prefix attention ran, not the per-example one
+
+
+def test_fused_layers_match_plain(spy, monkeypatch):
+    """The hand-fused decoder layer (one autograd node per group of linears): same loss and LoRA gradients, with
+    activation checkpointing and kept layers too; adapters disabled (DPO's reference) is the base model."""
+    from orchard.align.fast import layer
+
+    groups = []
+    real_linear = layer._linear
+    monkeypatch.setattr(layer, "_linear", lambda g, *a, **k: groups.append(len(g.linears)) or real_linear(g, *a, **k))
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    assert layer.enable(fused) == 3 and layer.enable(fused) == 0
+    ids, am, labels = _batch([30, 7, 19, 44])
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    assert spy and all(s == [30, 7, 19, 44] for s in spy)
+    assert groups == [3, 1, 2, 1] * 3  # the fused forward ran: q/k/v, o, gate/up, down in each of 3 layers
+    # a second step after an optimizer update: the cached adapter casts follow the new weights
+    for m in (plain, fused):
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+        _loss_and_grads(m, ids, am, labels)
+        opt.step()
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    real = am.bool()
+    with torch.no_grad(), fused.disable_adapter(), plain.disable_adapter():
+        assert torch.allclose(fused(input_ids=ids, attention_mask=am).logits[real],
+                              plain(input_ids=ids, attention_mask=am).logits[real], atol=1e-5)
+    for m in (plain, fused):
+        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+        m.train()
+    checkpointing.set_kept_layers(fused, 1)
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    assert layer.disable(fused) == 3 and layer.disable(fused) == 0
+    assert [getattr(x, "_orchard_kept", False) for x in unpad.backbone(fused).layers] == [False, False, True]
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+
+
+def test_fused_layers_under_bf16_autocast_follow_the_plain_path():
+    """Under autocast (the Trainer's bf16 mode) the fused layer computes in bf16 and returns fp32 gradients for
+    the fp32 adapters; loss and gradients agree with the plain path to bf16 rounding."""
+    from orchard.align.fast import layer
+
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    layer.enable(fused)
+    ids, am, labels = _batch([30, 7, 19])
+    res = []
+    for m in (plain, fused):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = m(input_ids=ids, attention_mask=am, labels=labels).loss
+        loss.backward()
+        res.append((loss.item(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}))
+    assert res[1][0] == pytest.approx(res[0][0], rel=2e-2)
+    for k, g in res[0][1].items():
+        got = res[1][1][k]
+        assert got.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(got.flatten(), g.flatten(), dim=0) > 0.98, k
+
+
+def test_lean_adapter_switch_is_peft_disable_adapter():
+    """fast.host's disable_adapter (DPO's reference forward) gives PEFT's base-model outputs, restores the
+    adapters afterwards (nested too), and leaves PEFT's own switch where it is not plain LoRA."""
+    from orchard.align.fast import host
+
+    plain = _tiny_peft()
+    lean = copy.deepcopy(plain)
+    assert host.lean_adapter_switch(lean) and host.lean_adapter_switch(lean)
+    ids, am, _ = _batch([12, 5])
+    with torch.no_grad():
+        with plain.disable_adapter():
+            ref = plain(input_ids=ids, attention_mask=am).logits
+        with lean.disable_adapter():
+            got = lean(input_ids=ids, attention_mask=am).logits
+            with lean.disable_adapter():  # nested: still off
+                assert torch.equal(lean(input_ids=ids, attention_mask=am).logits, got)
+            assert torch.equal(lean(input_ids=ids, attention_mask=am).logits, got)
+        assert torch.equal(got, ref)
+        on = lean(input_ids=ids, attention_mask=am).logits
+        assert torch.allclose(on, plain(input_ids=ids, attention_mask=am).logits)
+        assert not torch.allclose(on, got, atol=1e-3)  # the adapters are back
+    assert not lean._adapters_disabled
+    assert host.memoize_parameter_count(lean) and lean.get_base_model().num_parameters() == \
+        plain.get_base_model().num_parameters()
+    host.restore(lean)
+    assert "disable_adapter" not in lean.__dict__
+    assert not host.lean_adapter_switch(torch.nn.Linear(2, 2))

@@ -26,6 +26,9 @@ class FastPlan:
     # DPO: each pair's prompt computed once for chosen and rejected (fast.prefix); ORCHARD_FAST_SHARED_PREFIX=0 off
     shared_prefix: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_SHARED_PREFIX", "1") != "0")
     fused_lora: bool = False  # LoRA update added by one addmm instead of PEFT's clone + matmuls + scale + add
+    # Llama-style decoder layers run hand-fused (fast.layer: one autograd node per group of linears, cached
+    # dequantization scales); ORCHARD_FAST_FUSED_LAYERS=0 turns it off
+    fused_layers: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_FUSED_LAYERS", "1") != "0")
     fold_accumulation: bool = False  # gradient accumulation folded into larger micro batches that fit the budget
     keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
     memory_budget_gib: float = 16.0  # what "auto" may fill
@@ -112,7 +115,7 @@ def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: i
 
 def apply(trainer, plan: FastPlan) -> dict:
     """Patch a built TRL trainer's model in place; returns what was applied (for metrics/manifests)."""
-    from . import attention, lora, unpad
+    from . import attention, host, layer, lora, unpad
     from .checkpointing import PartialCheckpointing
 
     done = {"fast_path": plan.enabled, "reason": plan.reason}
@@ -127,6 +130,11 @@ def apply(trainer, plan: FastPlan) -> dict:
             done["shared_prefix"] = True
     if plan.fused_lora:
         done["fused_lora_layers"] = lora.enable(trainer.model)
+    if plan.unpad and plan.fused_layers:
+        done["fused_decoder_layers"] = layer.enable(trainer.model)
+    # host-side walks over every module that TRL/PEFT/the Trainer repeat each step (see fast.host)
+    done["lean_adapter_switch"] = host.lean_adapter_switch(trainer.model)
+    host.memoize_parameter_count(trainer.model)
     if plan.notes:
         done["notes"] = list(plan.notes)
     if plan.keep_layers and trainer.args.gradient_checkpointing:
