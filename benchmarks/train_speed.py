@@ -355,7 +355,7 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
     from orchard.align.fast import host as fast_host
 
     reset_kept_layers(model)
-    fast_host.restore(model)
+    fast_host.restore(model, tr)
     fast_layer.disable(model)
     unpad.disable(model)
     base = model.unload() if hasattr(model, "unload") else model

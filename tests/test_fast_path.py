@@ -483,3 +483,66 @@ def test_lean_adapter_switch_is_peft_disable_adapter():
     host.restore(lean)
     assert "disable_adapter" not in lean.__dict__
     assert not host.lean_adapter_switch(torch.nn.Linear(2, 2))
+
+
+def test_lean_step_walks_keep_the_trainer_semantics():
+    """fast.host's train()/zero_grad()/clipping: same modes, same cleared gradients, same clipped norm."""
+    from types import SimpleNamespace
+
+    from orchard.align.fast import host
+
+    model = _tiny_peft()
+    ids, am, labels = _batch([12, 5])
+    model(input_ids=ids, attention_mask=am, labels=labels).loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    want = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable]))
+    assert want > 0.5  # so that clipping changes the gradients
+
+    class _Trainer:
+        def _clip_grad_norm(self, m):
+            raise AssertionError("the lean clipping should have run")
+
+    tr = _Trainer()
+    tr.model, tr.args = model, SimpleNamespace(max_grad_norm=0.5, fp16=False)
+    tr.accelerator = SimpleNamespace(distributed_type=SimpleNamespace(value="NO"), num_processes=1)
+    assert host.lean_step_walks(tr) == ["train", "zero_grad", "clip_grad_norm"]
+    got = tr._clip_grad_norm(model)
+    assert torch.allclose(got, want)
+    assert all(p.grad.norm() <= 0.5 + 1e-4 for p in trainable)
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    unpad.backbone(model).layers[1].eval()  # a layer switched on its own: the lean train() still walks
+    model.train()
+    assert all(m.training for m in model.modules())
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    host.restore(model, tr)
+    assert "train" not in model.__dict__ and "_clip_grad_norm" not in tr.__dict__
+
+
+def test_lean_checkpointing_switch_flips_the_same_flags():
+    from orchard.align.fast import host
+
+    model = _tiny_peft()
+    cls = type(model)
+    assert host.lean_checkpointing_switch(model) and host.lean_checkpointing_switch(model)
+    layers = unpad.backbone(model).layers
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable({"use_reentrant": False})  # the first enable takes the full path
+    assert model.is_gradient_checkpointing and all(x.gradient_checkpointing for x in layers)
+    checkpointing.set_kept_layers(model, 1)  # a kept layer keeps reading False through the switch
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing and not any(x.gradient_checkpointing for x in layers)
+    model.gradient_checkpointing_enable({"use_reentrant": False})  # lean: flags only
+    assert [x.gradient_checkpointing for x in layers] == [True, True, False]
+    checkpointing.reset_kept_layers(model)
+    assert all(x.gradient_checkpointing for x in layers)
+    plain = _tiny_peft()
+    plain.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+    model.train(), plain.train()
+    ids, am, labels = _batch([9, 21])
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(model, ids, am, labels))
+    host.restore(model)
+    assert type(model) is cls

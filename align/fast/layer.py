@@ -20,6 +20,7 @@ path: ``tests/test_fast_path.py`` checks loss and every LoRA gradient on CPU.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -41,23 +42,87 @@ def _base(linear):
 def _dequantized(base, dtype) -> torch.Tensor:
     """The base layer's weight, (out, in), in ``dtype``: bitsandbytes 4-bit weights dequantized by one kernel."""
     w = base.weight
+    q = base.__dict__.get("_orchard_q")
+    if q is None or q[0] is not w:
+        q = base.__dict__["_orchard_q"] = _quantized_view(w)
+    if q[1] is None:  # a plain floating-point weight
+        return w if w.dtype == dtype else w.to(dtype)
+    _, data, absmax, blocksize, quant_type, shape, qdtype = q
+    out = torch.empty(shape, dtype=qdtype, device=data.device)
+    _dequantize_into(data, absmax, blocksize, quant_type, shape, qdtype, out)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def _quantized_view(w):
+    """What dequantizing ``w`` needs, taken once: the packed bytes as a plain tensor (a ``Params4bit`` routes every
+    torch call through Python), the block scales in fp32 (double quantization: dequantized here, once), the
+    layout. ``(w, None, ...)`` for a plain weight."""
     qs = getattr(w, "quant_state", None)
     if qs is None:
-        return w if w.dtype == dtype else w.to(dtype)
-    absmax = base.__dict__.get("_orchard_absmax")
-    if absmax is None or absmax.device != w.device:
-        import bitsandbytes.functional as bnbf
+        return (w, None, None, None, None, None, None)
+    import bitsandbytes.functional as bnbf
 
-        if qs.nested:  # double quantization: the block scales are themselves 8-bit; dequantize them once
+    with torch.no_grad():
+        if qs.nested:
             absmax = bnbf.dequantize_blockwise(qs.absmax, qs.state2)
             absmax += qs.offset
         else:
             absmax = qs.absmax
-        absmax = absmax.float()
-        base.__dict__["_orchard_absmax"] = absmax
-    out = torch.empty(qs.shape, dtype=qs.dtype, device=w.device)
-    torch.ops.bitsandbytes.dequantize_4bit.out(w, absmax, qs.blocksize, qs.quant_type, qs.shape, qs.dtype, out=out)
-    return out if out.dtype == dtype else out.to(dtype)
+        absmax = absmax.float().contiguous()
+    data = w.data
+    if type(data) is not torch.Tensor:
+        data = data.as_subclass(torch.Tensor)
+    return (w, data.contiguous(), absmax, qs.blocksize, qs.quant_type, tuple(qs.shape), qs.dtype)
+
+
+_DIRECT: list = []  # [callable or False]: bitsandbytes' C entry point, once checked against its torch op
+
+
+def _dequantize_into(data, absmax, blocksize, quant_type, shape, dtype, out) -> None:
+    # bitsandbytes' torch op runs a Python implementation (checks, device guard, ctypes); ~600 calls a step on an
+    # 8B model. Its C function is called directly once the first call has shown both give the same bytes.
+    if not _DIRECT:
+        _DIRECT.append(_direct_dequant(data, absmax, blocksize, quant_type, shape, dtype))
+    fn = _DIRECT[0]
+    if fn:
+        fn(data, absmax, blocksize, quant_type, dtype, out)
+    else:
+        torch.ops.bitsandbytes.dequantize_4bit.out(data, absmax, blocksize, quant_type, shape, dtype, out=out)
+
+
+def _direct_dequant(data, absmax, blocksize, quant_type, shape, dtype):
+    if not data.is_cuda or os.environ.get("ORCHARD_FAST_DIRECT_DEQUANT", "1") == "0":
+        return False
+    try:
+        from bitsandbytes.cextension import lib
+
+        names = {(torch.bfloat16, "nf4"): "cdequantize_blockwise_bf16_nf4",
+                 (torch.bfloat16, "fp4"): "cdequantize_blockwise_bf16_fp4",
+                 (torch.float16, "nf4"): "cdequantize_blockwise_fp16_nf4",
+                 (torch.float16, "fp4"): "cdequantize_blockwise_fp16_fp4",
+                 (torch.float32, "nf4"): "cdequantize_blockwise_fp32_nf4",
+                 (torch.float32, "fp4"): "cdequantize_blockwise_fp32_fp4"}
+        fns = {k: getattr(lib, v) for k, v in names.items()}
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+    raw_stream = torch._C._cuda_getCurrentRawStream
+
+    def direct(data, absmax, blocksize, quant_type, dtype, out):
+        if data.device.index != torch.cuda.current_device():
+            torch.ops.bitsandbytes.dequantize_4bit.out(data, absmax, blocksize, quant_type, out.shape, dtype, out=out)
+            return
+        fns[(dtype, quant_type)](None, data.data_ptr(), absmax.data_ptr(), out.data_ptr(), blocksize, out.numel(),
+                                 raw_stream(data.device.index))
+
+    try:
+        want = torch.empty(shape, dtype=dtype, device=data.device)
+        torch.ops.bitsandbytes.dequantize_4bit.out(data, absmax, blocksize, quant_type, shape, dtype, out=want)
+        got = torch.empty_like(want)
+        direct(data, absmax, blocksize, quant_type, dtype, got)
+        same = bool(torch.equal(got, want))
+    except Exception:  # noqa: BLE001 - any mismatch in the C interface: keep the torch op
+        return False
+    return direct if same else False
 
 
 def _lora_of(linear):

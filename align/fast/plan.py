@@ -135,6 +135,8 @@ def apply(trainer, plan: FastPlan) -> dict:
     # host-side walks over every module that TRL/PEFT/the Trainer repeat each step (see fast.host)
     done["lean_adapter_switch"] = host.lean_adapter_switch(trainer.model)
     host.memoize_parameter_count(trainer.model)
+    done["lean_step_walks"] = host.lean_step_walks(trainer)
+    done["lean_checkpointing_switch"] = host.lean_checkpointing_switch(trainer.model)
     if plan.notes:
         done["notes"] = list(plan.notes)
     if plan.keep_layers and trainer.args.gradient_checkpointing:
