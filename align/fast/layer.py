@@ -218,38 +218,11 @@ class _GroupLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group, loras, residual, *params):
-        cd = _compute_dtype(x)
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.dtype != cd:
-            x2 = x2.to(cd)
-        ws = group.weights(cd)
-        bias = group.biases(cd)
-        outs = []
-        for i, (w, b) in enumerate(zip(ws, bias)):
-            if residual is not None and residual.dtype == cd:
-                r2 = residual.reshape(-1, residual.shape[-1])
-                y = torch.addmm(r2 if b is None else r2 + b, x2, w.t())
-            elif b is not None:
-                y = torch.addmm(b, x2, w.t())
-            else:
-                y = x2 @ w.t()
-            outs.append(y)
-        xa = None
-        if loras is not None:
-            a, bs = group.adapters(loras, cd)
-            xa = x2 @ a.t()
-            r0 = 0
-            for y, b in zip(outs, bs):
-                r = b.shape[1]
-                y.addmm_(xa[:, r0:r0 + r], b.t())
-                r0 += r
-        if residual is not None and residual.dtype != cd:
-            outs = [residual.reshape(-1, residual.shape[-1]) + outs[0].to(residual.dtype)]
+        outs, x2, xa, cd = _group_forward(x, group, loras, residual)
         ctx.group, ctx.loras, ctx.cd, ctx.x_dtype = group, loras, cd, x.dtype
         ctx.x_shape, ctx.has_residual = x.shape, residual is not None
         ctx.save_for_backward(x2, xa)
-        lead = x.shape[:-1]
-        return tuple(y.view(*lead, y.shape[-1]) for y in outs)
+        return outs
 
     @staticmethod
     def backward(ctx, *grads):
@@ -296,7 +269,42 @@ class _GroupLinear(torch.autograd.Function):
         return (gx, None, None, g_res, *g_params)
 
 
+def _group_forward(x, group: _Group, loras, residual):
+    """The group's outputs (views shaped like ``x``), with what the backward keeps: the input and x A^T."""
+    cd = _compute_dtype(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.dtype != cd:
+        x2 = x2.to(cd)
+    ws = group.weights(cd)
+    bias = group.biases(cd)
+    outs = []
+    for w, b in zip(ws, bias):
+        if residual is not None and residual.dtype == cd:
+            r2 = residual.reshape(-1, residual.shape[-1])
+            y = torch.addmm(r2 if b is None else r2 + b, x2, w.t())
+        elif b is not None:
+            y = torch.addmm(b, x2, w.t())
+        else:
+            y = x2 @ w.t()
+        outs.append(y)
+    xa = None
+    if loras is not None:
+        a, bs = group.adapters(loras, cd)
+        xa = x2 @ a.t()
+        r0 = 0
+        for y, b in zip(outs, bs):
+            r = b.shape[1]
+            y.addmm_(xa[:, r0:r0 + r], b.t())
+            r0 += r
+    if residual is not None and residual.dtype != cd:
+        outs = [residual.reshape(-1, residual.shape[-1]) + outs[0].to(residual.dtype)]
+    lead = x.shape[:-1]
+    return tuple(y.view(*lead, y.shape[-1]) for y in outs), x2, xa, cd
+
+
 def _linear(group: _Group, x, loras, residual=None):
+    if not torch.is_grad_enabled():  # scoring, DPO's reference forward: no autograd node to build
+        return _group_forward(x, group, loras, residual)[0]
     params = [] if loras is None else [x[0] for x in loras] + [x[1] for x in loras]
     return _GroupLinear.apply(x, group, loras, residual, *params)
 
