@@ -108,7 +108,7 @@ class TokenBudget:
     """
 
     def __init__(self, budget_gib: float, static_bytes: int, per_token_bytes: float, config, n_layers: int,
-                 margin_gib: float = 1.0, hidden_bytes: int = 2):
+                 margin_gib: float = 0.75, hidden_bytes: int = 2):
         self.budget = budget_gib * 2**30
         self.static = static_bytes
         self.room = (budget_gib - margin_gib) * 2**30 - static_bytes

@@ -277,25 +277,26 @@ def _group_forward(x, group: _Group, loras, residual):
         x2 = x2.to(cd)
     ws = group.weights(cd)
     bias = group.biases(cd)
-    outs = []
-    for w, b in zip(ws, bias):
-        if residual is not None and residual.dtype == cd:
-            r2 = residual.reshape(-1, residual.shape[-1])
-            y = torch.addmm(r2 if b is None else r2 + b, x2, w.t())
-        elif b is not None:
-            y = torch.addmm(b, x2, w.t())
-        else:
-            y = x2 @ w.t()
-        outs.append(y)
-    xa = None
+    r2 = residual.reshape(-1, residual.shape[-1]) if residual is not None and residual.dtype == cd else None
+    xa, bs = None, [None] * len(ws)
     if loras is not None:
         a, bs = group.adapters(loras, cd)
         xa = x2 @ a.t()
-        r0 = 0
-        for y, b in zip(outs, bs):
-            r = b.shape[1]
-            y.addmm_(xa[:, r0:r0 + r], b.t())
+    outs, r0 = [], 0
+    for w, b, lb in zip(ws, bias, bs):
+        # the cheap terms first (LoRA update, residual, bias), then the base GEMM adds onto them in place: its
+        # epilogue reads them while it computes, instead of a separate pass over the output afterwards
+        add = r2 if b is None else (b if r2 is None else r2 + b)
+        if lb is not None:
+            r = lb.shape[1]
+            xa_i = xa[:, r0:r0 + r]
+            y = xa_i @ lb.t() if add is None else torch.addmm(add, xa_i, lb.t())
             r0 += r
+        else:
+            outs.append(x2 @ w.t() if add is None else torch.addmm(add, x2, w.t()))
+            continue
+        y.addmm_(x2, w.t())
+        outs.append(y)
     if residual is not None and residual.dtype != cd:
         outs = [residual.reshape(-1, residual.shape[-1]) + outs[0].to(residual.dtype)]
     lead = x.shape[:-1]
