@@ -489,6 +489,11 @@ class _Profiler:
                 "categories_ms": {k: round(v, 1) for k, v in cats.items()}, "top_gpu": table, "top_cpu": cpu_table}
 
 
+def _data_multiplier(variants: str) -> int:
+    """Examples per step of the largest variant, in units of the default batch: sizes every path's dataset."""
+    return max(VARIANTS[n][2] * VARIANTS[n][4] for n in variants.split(",") if n in VARIANTS)
+
+
 def cmd_trl(a) -> None:
     """All TRL-based paths (plain and orchard) in one process on one loaded 4-bit model."""
     import torch
@@ -513,7 +518,7 @@ def cmd_trl(a) -> None:
     names = a.variants.split(",")
     # Liger patches module forwards for good, so plain paths must run before any fast one.
     names = sorted(names, key=lambda n: VARIANTS[n][1] is not None)
-    mult = max(VARIANTS[n][2] * VARIANTS[n][4] for n in names)
+    mult = _data_multiplier(a.variants)
     total = a.warmup + a.steps + a.profile
     sft = Dataset.from_list(sft_rows(mult * a.bs * total, a.maxlen, V))
     dpo = Dataset.from_list(dpo_rows(mult * a.dpo_bs * total, a.maxlen, V))
@@ -545,7 +550,9 @@ def cmd_unsloth(a) -> None:
     model = FastLanguageModel.get_peft_model(model, r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=0,
                                              bias="none", target_modules=UNSLOTH_TARGETS,
                                              use_gradient_checkpointing="unsloth", random_state=3407)
-    data = Dataset.from_list(sft_rows(a.bs * (a.warmup + a.steps), a.maxlen, V))
+    # the same dataset (size included: the trainer's shuffle depends on it) as the TRL paths of this run
+    data = Dataset.from_list(sft_rows(_data_multiplier(a.variants) * a.bs * (a.warmup + a.steps + a.profile),
+                                      a.maxlen, V))
     meter = _Meter()
     args = SFTConfig(output_dir="/tmp/train-speed-unsloth", per_device_train_batch_size=a.bs,
                      gradient_accumulation_steps=1, max_steps=a.warmup + a.steps, learning_rate=2e-4, bf16=True,
@@ -717,7 +724,9 @@ def cmd_all(a) -> None:
         uns_out = outdir / "unsloth.json"
         env_u = dict(env, PYTHONPATH=os.pathsep.join([p for p in (a.unsloth_site, str(ROOT)) if p]))
         try:
-            subprocess.run([sys.executable, __file__, "unsloth", *common, "--out", str(uns_out)], env=env_u,
+            subprocess.run([sys.executable, __file__, "unsloth", *common, "--variants", a.variants,
+                            "--profile", str(a.profile), "--out",
+                            str(uns_out)], env=env_u,
                            check=False, timeout=a.unsloth_timeout)
         except subprocess.TimeoutExpired:
             print("unsloth run timed out", flush=True)
