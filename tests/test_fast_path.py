@@ -546,3 +546,46 @@ def test_lean_checkpointing_switch_flips_the_same_flags():
     _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(model, ids, am, labels))
     host.restore(model)
     assert type(model) is cls
+
+
+def test_fused_layers_with_biases_and_fallbacks(monkeypatch):
+    """Qwen2-style layers (q/k/v biases) take the fused forward with the same loss and gradients; a LoRA with
+    dropout, which the fused forward does not cover, runs the layer's own forward and is still right."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from orchard.align.fast import layer
+
+    def qwen(dropout: float):
+        torch.manual_seed(0)
+        cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+        cfg._attn_implementation = "sdpa"
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout,
+                          init_lora_weights=False)
+        return get_peft_model(Qwen2ForCausalLM(cfg), lora)
+
+    ran = []
+    real = layer._linear
+    monkeypatch.setattr(layer, "_linear", lambda g, *a, **k: ran.append(1) or real(g, *a, **k))
+    plain = qwen(0.0)
+    assert unpad.backbone(plain).layers[0].self_attn.q_proj.base_layer.bias is not None
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    assert layer.enable(fused) == 2
+    ids, am, labels = _batch([20, 6, 31])
+    l0, g0 = _loss_and_grads(plain, ids, am, labels)
+    l1, g1 = _loss_and_grads(fused, ids, am, labels)
+    assert ran and l1 == pytest.approx(l0, rel=1e-5)
+    for k in g0:
+        assert torch.allclose(g1[k], g0[k], rtol=1e-4, atol=1e-6), k
+    ran.clear()
+    with_dropout = qwen(0.1).eval()  # eval: dropout inactive, so both paths compute the same thing
+    ref = copy.deepcopy(with_dropout)
+    unpad.enable(with_dropout)
+    layer.enable(with_dropout)
+    with torch.no_grad():
+        got = with_dropout(input_ids=ids, attention_mask=am).logits[am.bool()]
+        want = ref(input_ids=ids, attention_mask=am).logits[am.bool()]
+    assert not ran  # fell back to the layer's own forward
+    assert torch.allclose(got, want, atol=1e-5)
