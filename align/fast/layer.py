@@ -195,7 +195,8 @@ class _Group:
         With the scaling in A, the saved product x A^T is already scaled: B's gradient needs no extra pass."""
         a_params = [x[0] for x in loras]
         b_params = [x[1] for x in loras]
-        key = f"_orchard_ab_{id(self)}_{dtype}"
+        # one entry per adapter: DPO with a reference adapter alternates between two every step
+        key = f"_orchard_ab_{id(self)}_{dtype}_{id(a_params[0])}"
 
         def make():
             a = [(p * s).to(dtype) if s != 1 else p.to(dtype) for p, (_, _, s) in zip(a_params, loras)]
