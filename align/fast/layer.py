@@ -431,6 +431,11 @@ def enable(model) -> int:
         if getattr(layer, "_orchard_fused_layer", False) or not eligible(layer):
             continue
         layer.__class__ = _fused_class(type(layer))
+        # the kept block scales now, before training: the kept-layer planner counts memory present at the start
+        # as the model's own, and anything first allocated in step 1 as per-token cost
+        for group in _groups(layer):
+            for base in group.bases:
+                base.__dict__["_orchard_q"] = _quantized_view(base.weight)
         n += 1
     return n
 
@@ -445,8 +450,10 @@ def disable(model) -> int:
             kept = getattr(layer, "_orchard_kept", False)
             if kept:  # the kept-layer class sits above the fused one
                 _unkeep(layer)
+            for group in layer.__dict__.pop("_orchard_groups", ()):
+                for base in group.bases:
+                    base.__dict__.pop("_orchard_q", None)  # frees the kept block scales
             layer.__class__ = type(layer).__mro__[1]
-            layer.__dict__.pop("_orchard_groups", None)
             if kept:
                 _keep(layer)
             n += 1
