@@ -44,13 +44,14 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path,
     plan = FaultPlan(
         {"500": 0.04, "503": 0.02, "429": 0.03, "timeout": 0.01, "malformed": 0.03, "truncated": 0.03,
          "empty_choices": 0.03, "empty_content": 0.02, "drop": 0.03},
-        seed=1, retry_after=0.05, timeout_sleep_s=2.5, per_prompt_max=2,
+        seed=1, retry_after=0.05, timeout_sleep_s=3.5, per_prompt_max=2,
     )
     with FakeTeacher(faults=plan) as srv:
-        # The client's timeout must sit well above a normal reply's latency on a loaded 2-core CI machine: a
-        # reply the server completed after the client gave up is a (legitimate) second paid call, which this
-        # test would count as a duplicate. 0.4 s was once exceeded under load (3 such calls in 1,000).
-        t = Teacher(cfg(srv.base_url, max_concurrency=16, timeout_s=1.0, response_format_json=True),
+        # A reply the server completed after the client gave up on it is a legitimate second paid call (the
+        # at-least-once cost of a timeout), so the client's timeout sits well above a normal reply's latency on
+        # a loaded 2-core CI machine (0.4 s, then 1.0 s were each exceeded once in 1,000 calls), and any
+        # duplicate must be explained by such a client-side timeout below.
+        t = Teacher(cfg(srv.base_url, max_concurrency=16, timeout_s=2.0, response_format_json=True),
                     tmp_path / "calls.db", transport=transport)
         t0 = time.perf_counter()
         res = t.chat_many(reqs(1000), progress=False)
@@ -60,19 +61,21 @@ def test_thousand_requests_with_every_fault_nothing_lost_or_duplicated(tmp_path,
     assert all(r.ok for r in res), [r.error for r in res if not r.ok][:5]
     assert [r.tag for r in res] == [f"item-{i}" for i in range(1000)]  # input order
     assert all(json.loads(r.text)["answer"] == f"reply to: item {i}" for i, r in enumerate(res))
-    # Server side: every prompt completed successfully exactly once.
-    assert st["ok"] == 1000
-    assert set(st["ok_by_prompt"].values()) == {1}
-    assert len(st["ok_by_hash"]) == 1000 and set(st["ok_by_hash"].values()) == {1}
+    u = t.usage_summary()
+    # Server side: every prompt completed successfully, and more than once only where the client timed out on
+    # a reply that was not an injected timeout (the client's own slowness under load).
+    slow = u["retries"].get("timeout after 2.0s", 0) - st["faults"]["timeout"]
+    assert 0 <= st["ok"] - 1000 <= max(slow, 0)
+    assert len(st["ok_by_prompt"]) == 1000 and sum(v - 1 for v in st["ok_by_prompt"].values()) <= max(slow, 0)
+    assert len(st["ok_by_hash"]) == 1000
     # Every kind of fault was met and survived.
     for f in plan.probs:
         assert st["faults"].get(f, 0) > 0, f
     assert st["max_inflight"] <= 16
-    u = t.usage_summary()
     assert u["ok"] == 1000 and u["errors"] == 0 and u["http_requests"] == st["requests"]
     assert u["transport"] == transport
     # Timeouts and dropped connections are told apart whichever transport carries them.
-    assert u["retries"]["timeout after 1.0s"] >= st["faults"]["timeout"]
+    assert u["retries"]["timeout after 2.0s"] >= st["faults"]["timeout"]
     assert u["retries"]["connection error"] >= st["faults"]["drop"]
     assert u["completion_tokens"] > 0
     log = CallLog(tmp_path / "calls.db")
