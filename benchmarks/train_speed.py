@@ -216,8 +216,6 @@ class _Meter:
             def on_step_end(self, args, state, control, **kw):
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                    # before the kept-layer planner (added later) resets the peak for its next step
-                    meter.peak = max(meter.peak, torch.cuda.max_memory_allocated())
                 meter.t.append(time.perf_counter())
 
             def on_train_begin(self, args, state, control, **kw):
@@ -228,7 +226,6 @@ class _Meter:
         self.cb = CB()
         self.t: list[float] = []
         self.t0 = None
-        self.peak = 0
         self.tokens: list[int] = []  # per micro batch, in order
         self.seqs: list[int] = []
 
@@ -338,8 +335,7 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         res["grad_accum"], res["examples_per_step"] = ga, bs * ga
         first = tr.state.log_history[0] if tr.state.log_history else {}
         res["first_step"] = {k: first.get(k) for k in ("loss", "logps/chosen", "logps/rejected") if k in first}
-        res["peak_gib"] = (round(max(meter.peak, torch.cuda.max_memory_allocated()) / 2**30, 2)
-                           if torch.cuda.is_available() else None)
+        res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
     else:
         res["error"] = err
     kept = [c.report() for c in tr.callback_handler.callbacks if type(c).__name__ == "PartialCheckpointing"]

@@ -589,3 +589,24 @@ def test_fused_layers_with_biases_and_fallbacks(monkeypatch):
         want = ref(input_ids=ids, attention_mask=am).logits[am.bool()]
     assert not ran  # fell back to the layer's own forward
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_kept_layer_planner_leaves_the_cuda_peak_counter_alone(monkeypatch):
+    """The per-batch planner checks a step against the budget only when it set a new peak, and never resets the
+    CUDA peak counter (the stages' and users' own peak readings depend on it)."""
+    cfg = _tiny_peft().get_base_model().config
+    cb = checkpointing.PartialCheckpointing("auto", budget_gib=16.0)
+    cb.budget = checkpointing.TokenBudget(16.0, 5 * 2**30, 200_000, cfg, 3)
+    cb.budget.keep_for(4000)
+    cb.seen_peak = 12 * 2**30
+    peak = [15 * 2**30]
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: peak[0])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda *a, **k: pytest.fail("the planner reset the CUDA peak counter"))
+    step = type("S", (), {"global_step": 2})()
+    cb.on_step_end(None, step, None)
+    assert cb.budget.corrections == 0 and cb.seen_peak == 15 * 2**30
+    peak[0] = 17 * 2**30  # a new peak over the budget: corrected once
+    cb.on_step_end(None, step, None)
+    cb.on_step_end(None, step, None)  # the same peak again: that step set nothing new
+    assert cb.budget.corrections == 1

@@ -153,6 +153,7 @@ class PartialCheckpointing(TrainerCallback):
         self.applied: int | str | None = None
         self.static = None
         self.budget: TokenBudget | None = None
+        self.seen_peak = 0  # the highest CUDA peak checked against the budget so far
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.gradient_checkpointing and model is not None and self.keep != "auto":
@@ -165,10 +166,14 @@ class PartialCheckpointing(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.budget is not None:  # per-batch mode: check the step against the budget, correct if over
-            if self.budget.observe(torch.cuda.max_memory_allocated()):
-                log.warning("fast path: step %d peaked over the %.1f GiB budget; kept-layer estimate raised",
-                            state.global_step, self.budget_gib)
-            torch.cuda.reset_peak_memory_stats()
+            # The CUDA peak counter is left alone (the stage's and the user's own peak readings depend on it): a
+            # step that raised it is the one that set the new peak, so only then is the budget checked.
+            peak = torch.cuda.max_memory_allocated()
+            if peak > self.seen_peak:
+                self.seen_peak = peak
+                if self.budget.observe(peak):
+                    log.warning("fast path: step %d peaked over the %.1f GiB budget; kept-layer estimate raised",
+                                state.global_step, self.budget_gib)
             return
         if (self.keep != "auto" or self.applied is not None or model is None or not args.gradient_checkpointing
                 or not torch.cuda.is_available()):
@@ -181,6 +186,7 @@ class PartialCheckpointing(TrainerCallback):
             per_token = max(0, peak_b - self.static) / t1
             self.budget = TokenBudget(self.budget_gib, self.static, per_token, inner.config, len(inner.layers),
                                       hidden_bytes=residual_bytes(model))
+            self.seen_peak = peak_b  # step 1's own peak, every layer checkpointed
             inner.__dict__["_orchard_keep_for"] = self.budget.keep_for
             self.applied = "per batch"
             log.info("fast path: kept layers chosen per batch (%.0f kB per token measured at %d tokens, "

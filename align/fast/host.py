@@ -126,8 +126,9 @@ def lean_step_walks(trainer) -> list[str]:
         done.append("zero_grad")
     clip = getattr(type(trainer), "_clip_grad_norm", None)
     acc = getattr(trainer, "accelerator", None)
-    single = acc is not None and getattr(acc.distributed_type, "value", str(acc.distributed_type)) in ("NO", "MULTI_GPU") \
-        and acc.num_processes == 1 and not getattr(trainer.args, "fp16", False)
+    # one process, no DeepSpeed/FSDP (their clipping is their own), no fp16 loss scaler to unscale first
+    single = (acc is not None and getattr(acc.distributed_type, "value", None) == "NO"
+              and not getattr(trainer.args, "fp16", False))
     if clip is not None and single and "_clip_grad_norm" not in trainer.__dict__:
         trainable = [p for p in model.parameters() if p.requires_grad]
 

@@ -27,6 +27,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import SEQ_LENS_KEY, packed_attention
+from .lora import plain_adapter
 
 SUPPORTED = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
 _CLASSES: dict[type, type] = {}
@@ -126,19 +127,11 @@ def _direct_dequant(data, absmax, blocksize, quant_type, shape, dtype):
 
 
 def _lora_of(linear):
-    """(A, B, scaling) of the one active adapter; None when adapters are off (DPO's reference); False when the
-    layer is in a form this path does not cover."""
+    """(A, B, scaling) of the one active adapter; None for a layer without adapters or with them disabled;
+    False when the layer is in a form this path does not cover."""
     if not hasattr(linear, "lora_A"):
         return None if not any(p.requires_grad for p in linear.parameters()) else False
-    if getattr(linear, "merged", False) or len(linear.active_adapters) != 1:
-        return False
-    if linear.disable_adapters:
-        return None
-    name = linear.active_adapters[0]
-    if (name not in linear.lora_A or name in getattr(linear, "lora_variant", {})
-            or not isinstance(linear.lora_dropout[name], torch.nn.Identity)):
-        return False
-    return linear.lora_A[name].weight, linear.lora_B[name].weight, linear.scaling[name]
+    return plain_adapter(linear)
 
 
 _STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): part of every cast's stamp

@@ -19,22 +19,34 @@ import torch
 _CLASSES: dict[type, type] = {}
 
 
+def plain_adapter(layer):
+    """(A, B, scaling) of a LoRA layer's one active adapter in its plain form; None when the adapters are
+    disabled (DPO's reference); False where a fused form does not apply (merged or several adapters, DoRA and
+    other variants, dropout)."""
+    if getattr(layer, "merged", False) or len(layer.active_adapters) != 1:
+        return False
+    if layer.disable_adapters:
+        return None
+    name = layer.active_adapters[0]
+    if (name not in layer.lora_A or name in getattr(layer, "lora_variant", {})
+            or not isinstance(layer.lora_dropout[name], torch.nn.Identity)):
+        return False
+    return layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     peft_forward = type(self).__mro__[1].forward
-    if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+    adapter = None if args or kwargs else plain_adapter(self)
+    if not adapter:
         return peft_forward(self, x, *args, **kwargs)
-    name = self.active_adapters[0]
-    if (name not in self.lora_A or name in getattr(self, "lora_variant", {})
-            or not isinstance(self.lora_dropout[name], torch.nn.Identity)):
-        return peft_forward(self, x, *args, **kwargs)
-    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    a, b, scaling = adapter
     if not torch.is_autocast_enabled(x.device.type) and not x.dtype == a.dtype == b.dtype:
         return peft_forward(self, x, *args, **kwargs)  # PEFT casts around the adapter; keep its rules
     result = self.base_layer(x)
     xa, bt = x.reshape(-1, x.shape[-1]) @ a.t(), b.t()
     if xa.dtype != result.dtype:  # no autocast, base computing in another dtype: the update is cast, as in PEFT
         xa, bt = xa.to(result.dtype), bt.to(result.dtype)
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), xa, bt, alpha=self.scaling[name])
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), xa, bt, alpha=scaling)
     return out.view(result.shape)
 
 
