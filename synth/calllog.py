@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +51,23 @@ _COLUMNS = (
 ).split()
 
 
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
+@retry(retry=retry_if_exception(_locked), wait=wait_random_exponential(multiplier=0.02, max=0.5),
+       stop=stop_after_delay(30), reraise=True)
+def _setup_retrying(db: sqlite3.Connection) -> None:
+    # Two processes opening a new log at once (a stage and `orchard synth calls`, two workers) race to switch it
+    # to WAL; SQLite answers that race with "database is locked" at once, without waiting out the connection's
+    # busy timeout, so the setup is retried.
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL file);
+    # only a power cut could drop the last commits, and those calls would simply be re-made.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(_SCHEMA)
+
+
 class CallLog:
     """Append-only call log that doubles as a response cache. ``path=None`` keeps it in memory."""
 
@@ -67,11 +86,7 @@ class CallLog:
         # The Teacher writes from one event-loop thread; the lock only guards odd callers using threads.
         self._lock = threading.Lock()
         if not readonly:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL file);
-            # only a power cut could drop the last commits, and those calls would simply be re-made.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            _setup_retrying(self._db)
 
     # -- writing ---------------------------------------------------------------------------------
     def record(self, **fields: Any) -> int:

@@ -539,3 +539,32 @@ def test_transport_auto_is_direct_only_for_a_teacher_on_this_machine():
     assert tr(base_url="http://127.0.0.1:8000/v1", model="m", transport="httpx") == "httpx"
     with pytest.raises(ValidationError, match="transport"):
         TeacherConfig(base_url="http://127.0.0.1:8000/v1", model="m", transport="curl")
+
+
+def test_call_log_setup_retries_the_wal_switch_race(tmp_path):
+    """Two processes opening a new log at once: SQLite answers the loser's switch to WAL with "database is
+    locked" without waiting (seen in CI: a worker died). The setup retries instead of failing."""
+    import sqlite3
+
+    from orchard.synth import calllog
+
+    real = sqlite3.connect(tmp_path / "c.sqlite", isolation_level=None)
+    fails = [2]
+
+    class Racy:
+        def execute(self, sql, *a):
+            if sql.startswith("PRAGMA journal_mode") and fails[0]:
+                fails[0] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return real.execute(sql, *a)
+
+        def executescript(self, sql):
+            return real.executescript(sql)
+
+    calllog._setup_retrying(Racy())
+    assert fails == [0]
+    assert real.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert real.execute("SELECT count(*) FROM calls").fetchone()[0] == 0
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # other errors are not retried
+        calllog._setup_retrying.retry_with(stop=calllog.stop_after_delay(0))(type("Bad", (), {
+            "execute": lambda self, sql, *a: real.execute("SELECT * FROM nope")})())
