@@ -401,9 +401,16 @@ def test_fused_layers_match_plain(spy, monkeypatch):
     activation checkpointing and kept layers too; adapters disabled (DPO's reference) is the base model."""
     from orchard.align.fast import layer
 
-    groups = []
-    real_linear = layer._linear
+    groups, skips = [], []
+    real_linear, real_tail = layer._linear, layer._mlp_tail
     monkeypatch.setattr(layer, "_linear", lambda g, *a, **k: groups.append(len(g.linears)) or real_linear(g, *a, **k))
+
+    def tail(act, g, *a, skip_output=False, **k):
+        groups.append(len(g.linears))
+        skips.append(skip_output)
+        return real_tail(act, g, *a, skip_output=skip_output, **k)
+
+    monkeypatch.setattr(layer, "_mlp_tail", tail)
     plain = _tiny_peft()
     fused = copy.deepcopy(plain)
     unpad.enable(fused)
@@ -426,7 +433,10 @@ def test_fused_layers_match_plain(spy, monkeypatch):
         m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
         m.train()
     checkpointing.set_kept_layers(fused, 1)
+    skips.clear()
     _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    # 3 layers forward, then the 2 checkpointed ones recomputed without their (unused) down projection output
+    assert skips == [False, False, False, True, True]
     assert layer.disable(fused) == 3 and layer.disable(fused) == 0
     assert [getattr(x, "_orchard_kept", False) for x in unpad.backbone(fused).layers] == [False, False, True]
     _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
@@ -610,3 +620,89 @@ def test_kept_layer_planner_leaves_the_cuda_peak_counter_alone(monkeypatch):
     cb.on_step_end(None, step, None)
     cb.on_step_end(None, step, None)  # the same peak again: that step set nothing new
     assert cb.budget.corrections == 1
+
+
+def test_fused_layer_keeps_two_intermediate_tensors():
+    """A layer out of checkpointing stores gate and up but not their activation product (recomputed in the
+    backward): two intermediate-sized tensors per layer, the kept-layer planner's estimate for fused layers."""
+    from orchard.align.fast import layer
+
+    def intermediate_saved(model):
+        seen = set()
+
+        def pack(t):
+            if t.dim() and t.shape[-1] == 128:  # the tiny model's intermediate size
+                seen.add((t.data_ptr(), tuple(t.shape)))
+            return t
+
+        ids, am, labels = _batch([30, 7, 19])
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids, attention_mask=am, labels=labels).loss
+        return len(seen)
+
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    layer.enable(fused)
+    assert intermediate_saved(fused) == 2 * 3
+    assert intermediate_saved(plain) >= 3 * 3
+    assert checkpointing.intermediates_kept(unpad.backbone(fused)) == 2
+    assert checkpointing.intermediates_kept(unpad.backbone(plain)) == 3
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_activation_backward_matches_autograd(act):
+    """The MLP tail's activation backward (the SiLU formula, or autograd for another activation) equals
+    autograd's gradients of act(g) * u."""
+    from types import SimpleNamespace
+
+    from orchard.align.fast import layer
+
+    fn = torch.nn.SiLU() if act == "silu" else torch.nn.GELU()
+    fwd, bwd = layer._activation_pair(SimpleNamespace(act_fn=fn))
+    g, u, d = (torch.randn(5, 7, dtype=torch.float64) for _ in range(3))
+    g1, u1 = g.clone().requires_grad_(), u.clone().requires_grad_()
+    want = torch.autograd.grad(fn(g1) * u1, (g1, u1), d)
+    assert torch.allclose(fwd(g, u), fn(g) * u)
+    got = bwd(g.clone(), u.clone(), d)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float64 and torch.allclose(a, b, atol=1e-12)
+
+
+def test_fused_layers_without_the_mlp_tail_match_plain(spy):
+    """ORCHARD_FAST_MLP_TAIL=0 (plan.mlp_tail False): the down projection as a plain group, kept product."""
+    from orchard.align.fast import layer
+
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    assert layer.enable(fused, mlp_tail=False) == 3
+    assert checkpointing.intermediates_kept(unpad.backbone(fused)) == 3
+    ids, am, labels = _batch([30, 7, 19, 44])
+    for m in (plain, fused):
+        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+        m.train()
+    checkpointing.set_kept_layers(fused, 1)
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+
+
+def test_reentrant_checkpointing_never_skips_the_down_projection(spy, monkeypatch):
+    """Reentrant checkpointing backpropagates through the recomputed output, so the recomputation must compute
+    it: same loss and gradients as the plain path, no skipped output."""
+    from orchard.align.fast import layer
+
+    skips = []
+    real_tail = layer._mlp_tail
+    monkeypatch.setattr(layer, "_mlp_tail", lambda *a, skip_output=False, **k: skips.append(skip_output)
+                        or real_tail(*a, skip_output=skip_output, **k))
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    unpad.enable(fused)
+    layer.enable(fused)
+    for m in (plain, fused):
+        m.get_base_model().gradient_checkpointing_enable({"use_reentrant": True})
+        m.get_base_model().enable_input_require_grads()
+        m.train()
+    ids, am, labels = _batch([30, 7, 19, 44])
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    assert skips == [False] * 6  # 3 layers forward, 3 recomputed

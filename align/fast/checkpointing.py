@@ -83,17 +83,28 @@ def residual_bytes(model) -> int:
     return 4 if emb.dtype == torch.float32 else 2
 
 
-def layer_bytes_per_token(config, hidden_bytes: int = 2) -> int:
+def layer_bytes_per_token(config, hidden_bytes: int = 2, intermediates: int = 3) -> int:
     """Activation bytes one non-checkpointed decoder layer keeps per token (bf16, LoRA on all linears, fused
-    SwiGLU), with some room: seven hidden-sized and three intermediate-sized tensors. Measured on an 8B model
-    (H100, 2026-11-23): 12 kept layers cost 6.5 GiB more than 4 at batches of at most ~7k tokens, i.e. about
-    0.81 GiB or ~120 kB per token per layer; this estimate is 143 kB. ``hidden_bytes`` 4 for an fp32 residual
-    stream (the hidden-sized tensors double)."""
-    return hidden_bytes * 7 * config.hidden_size + 2 * 3 * config.intermediate_size
+    SwiGLU), with some room: seven hidden-sized and three intermediate-sized tensors (gate, up, and their
+    product). Measured on an 8B model (H100, 2026-11-23): 12 kept layers cost 6.5 GiB more than 4 at batches of
+    at most ~7k tokens, i.e. about 0.81 GiB or ~120 kB per token per layer; this estimate is 143 kB.
+    ``hidden_bytes`` 4 for an fp32 residual stream (the hidden-sized tensors double); ``intermediates`` 2 for the
+    hand-fused layers (:mod:`orchard.align.fast.layer` recomputes the product in the backward)."""
+    return hidden_bytes * 7 * config.hidden_size + 2 * intermediates * config.intermediate_size
 
 
-def auto_keep(budget_gib: float, peak_gib: float, tokens: int, config, n_layers: int, margin_gib: float = 1.0) -> int:
-    per_layer = layer_bytes_per_token(config) * tokens / 2**30
+def intermediates_kept(inner) -> int:
+    """Intermediate-sized tensors a kept layer of backbone ``inner`` stores per token (see above)."""
+    layers = getattr(inner, "layers", None)
+    if layers is None or not len(layers):
+        return 3
+    first = layers[0]
+    return 2 if getattr(first, "_orchard_fused_layer", False) and first.__dict__.get("_orchard_mlp_tail") else 3
+
+
+def auto_keep(budget_gib: float, peak_gib: float, tokens: int, config, n_layers: int, margin_gib: float = 1.0,
+              intermediates: int = 3) -> int:
+    per_layer = layer_bytes_per_token(config, 2, intermediates) * tokens / 2**30
     room = budget_gib - peak_gib - margin_gib
     return max(0, min(n_layers, math.floor(room / per_layer))) if per_layer > 0 else 0
 
@@ -108,11 +119,11 @@ class TokenBudget:
     """
 
     def __init__(self, budget_gib: float, static_bytes: int, per_token_bytes: float, config, n_layers: int,
-                 margin_gib: float = 0.75, hidden_bytes: int = 2):
+                 margin_gib: float = 0.75, hidden_bytes: int = 2, intermediates: int = 3):
         self.budget = budget_gib * 2**30
         self.static = static_bytes
         self.room = (budget_gib - margin_gib) * 2**30 - static_bytes
-        self.per_token, self.layer = per_token_bytes, layer_bytes_per_token(config, hidden_bytes)
+        self.per_token, self.layer = per_token_bytes, layer_bytes_per_token(config, hidden_bytes, intermediates)
         self.n_layers = n_layers
         self.seen: dict[int, int] = {}  # kept layers -> micro batches (reported in metrics)
         self.last: tuple[int, int] | None = None  # (tokens, kept) of the last gradient forward
@@ -185,7 +196,7 @@ class PartialCheckpointing(TrainerCallback):
         if t1 > 0 and self.static is not None:
             per_token = max(0, peak_b - self.static) / t1
             self.budget = TokenBudget(self.budget_gib, self.static, per_token, inner.config, len(inner.layers),
-                                      hidden_bytes=residual_bytes(model))
+                                      hidden_bytes=residual_bytes(model), intermediates=intermediates_kept(inner))
             self.seen_peak = peak_b  # step 1's own peak, every layer checkpointed
             inner.__dict__["_orchard_keep_for"] = self.budget.keep_for
             self.applied = "per batch"
@@ -193,7 +204,8 @@ class PartialCheckpointing(TrainerCallback):
                      "budget %.1f GiB)", per_token / 1e3, t1, self.budget_gib)
             return
         tokens = self.max_tokens or args.per_device_train_batch_size * (getattr(args, "max_length", None) or 2048)
-        k = auto_keep(self.budget_gib, peak, tokens, inner.config, len(inner.layers))
+        k = auto_keep(self.budget_gib, peak, tokens, inner.config, len(inner.layers),
+                      intermediates=intermediates_kept(inner))
         self.applied = set_kept_layers(model, k)
         log.info("fast path: %d of %d layers left out of checkpointing (peak %.1f GiB, budget %.1f GiB)",
                  self.applied, len(inner.layers), peak, self.budget_gib)

@@ -221,46 +221,51 @@ class _GroupLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x2, xa = ctx.saved_tensors
-        group, loras, cd = ctx.group, ctx.loras, ctx.cd
-        gys = []
-        for g, n in zip(grads, group.outs):
-            if g is None:
-                g = torch.zeros(x2.shape[0], n, dtype=cd, device=x2.device)
-            g = g.reshape(-1, g.shape[-1])
-            gys.append(g if g.dtype == cd else g.to(cd))
+        gx, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, x2, xa, grads, ctx.needs_input_grad[0])
         g_res = grads[0] if ctx.has_residual else None
-        ws = group.weights(cd)
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = gys[0] @ ws[0]
-            for g, w in zip(gys[1:], ws[1:]):
-                gx.addmm_(g, w)
-        del ws
-        g_params = []
-        if loras is not None:
-            a, bs = group.adapters(loras, cd)
-            gxa = [g @ b for g, b in zip(gys, bs)]
-            gxa = torch.cat(gxa, dim=1) if len(gxa) > 1 else gxa[0]
-            if gx is not None:
-                gx.addmm_(gxa, a)
-            g_a = gxa.t() @ x2  # d/dA of s*A: scaled below
-            scales = [s for (_, _, s) in loras]
-            if len(set(scales)) == 1:
-                if scales[0] != 1:
-                    g_a.mul_(scales[0])
-            r0, ga_list, gb_list = 0, [], []
-            for g, b, s in zip(gys, bs, scales):
-                r = b.shape[1]
-                ga = g_a[r0:r0 + r]
-                ga_list.append(ga if len(set(scales)) == 1 else ga.mul(s))
-                gb_list.append(g.t() @ xa[:, r0:r0 + r])
-                r0 += r
-            g_params = ga_list + gb_list
         if gx is not None:
             gx = gx.view(ctx.x_shape)
             if gx.dtype != ctx.x_dtype:
                 gx = gx.to(ctx.x_dtype)
         return (gx, None, None, g_res, *g_params)
+
+
+def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool):
+    """Input gradient (tokens, in) or None, and the LoRA gradients (A of each member, then B of each member)."""
+    gys = []
+    for g, n in zip(grads, group.outs):
+        if g is None:
+            g = torch.zeros(x2.shape[0], n, dtype=cd, device=x2.device)
+        g = g.reshape(-1, g.shape[-1])
+        gys.append(g if g.dtype == cd else g.to(cd))
+    ws = group.weights(cd)
+    gx = None
+    if need_gx:
+        gx = gys[0] @ ws[0]
+        for g, w in zip(gys[1:], ws[1:]):
+            gx.addmm_(g, w)
+    del ws
+    g_params = []
+    if loras is not None:
+        a, bs = group.adapters(loras, cd)
+        gxa = [g @ b for g, b in zip(gys, bs)]
+        gxa = torch.cat(gxa, dim=1) if len(gxa) > 1 else gxa[0]
+        if gx is not None:
+            gx.addmm_(gxa, a)
+        g_a = gxa.t() @ x2  # d/dA of s*A: scaled below
+        scales = [s for (_, _, s) in loras]
+        one_scale = len(set(scales)) == 1
+        if one_scale and scales[0] != 1:
+            g_a.mul_(scales[0])
+        r0, ga_list, gb_list = 0, [], []
+        for g, b, s in zip(gys, bs, scales):
+            r = b.shape[1]
+            ga = g_a[r0:r0 + r]
+            ga_list.append(ga if one_scale else ga.mul(s))
+            gb_list.append(g.t() @ xa[:, r0:r0 + r])
+            r0 += r
+        g_params = ga_list + gb_list
+    return gx, g_params
 
 
 def _group_forward(x, group: _Group, loras, residual):
@@ -304,6 +309,66 @@ def _linear(group: _Group, x, loras, residual=None):
     return _GroupLinear.apply(x, group, loras, residual, *params)
 
 
+class _MLPTail(torch.autograd.Function):
+    """y = act(g) * u projected by the down group (+ residual), one node: it keeps g and u (which the activation's
+    backward needs anyway) and recomputes the activation product in the backward instead of keeping it, so a layer
+    left out of checkpointing stores two intermediate-sized tensors, not three (more kept layers in the same
+    memory). ``skip_output``: a checkpointed layer's recomputation, which needs what this node saves but not its
+    output (the next layer's input is already kept), so the down projection's GEMM is not run."""
+
+    @staticmethod
+    def forward(ctx, g, u, group, loras, residual, act, skip_output, *params):
+        act_fwd, _ = act
+        p = act_fwd(g, u)
+        if skip_output:
+            cd = _compute_dtype(p)
+            x2 = p.reshape(-1, p.shape[-1])
+            xa = None
+            if loras is not None:
+                a, _ = group.adapters(loras, cd)
+                xa = x2.to(cd) @ a.t()
+            dtype = residual.dtype if residual is not None else cd
+            outs = (torch.empty(*p.shape[:-1], group.outs[0], dtype=dtype, device=p.device),)
+        else:
+            outs, _, xa, cd = _group_forward(p, group, loras, residual)
+        del p
+        ctx.group, ctx.loras, ctx.cd, ctx.act = group, loras, cd, act
+        ctx.has_residual = residual is not None
+        ctx.save_for_backward(g, u, xa)
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g, u, xa = ctx.saved_tensors
+        act_fwd, act_bwd = ctx.act
+        p = act_fwd(g, u).reshape(-1, g.shape[-1])
+        if p.dtype != ctx.cd:
+            p = p.to(ctx.cd)
+        gp, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, p, xa, grads, True)
+        del p
+        dg, du = act_bwd(g, u, gp.view(g.shape).to(g.dtype))
+        g_res = grads[0] if ctx.has_residual else None
+        return (dg, du, None, None, g_res, None, None, *g_params)
+
+
+def _mlp_tail(act, group: _Group, g, u, loras, residual, skip_output: bool = False):
+    if not torch.is_grad_enabled():
+        return _group_forward(act[0](g, u), group, loras, residual)[0]
+    params = [] if loras is None else [x[0] for x in loras] + [x[1] for x in loras]
+    return _MLPTail.apply(g, u, group, loras, residual, act, skip_output, *params)
+
+
+def _recomputing() -> bool:
+    """Whether this forward is non-reentrant activation checkpointing's recomputation (its saved-tensor hooks are
+    the innermost): then the checkpointed layer's output is discarded. Reentrant checkpointing backpropagates
+    through the recomputed output, so it is never skipped there."""
+    try:
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    except (AttributeError, RuntimeError, TypeError):
+        return False
+    return bool(hooks) and getattr(hooks[0], "__qualname__", "").startswith("_recomputation_hook.")
+
+
 # -- the layer ----------------------------------------------------------------------------------------------
 
 
@@ -318,16 +383,49 @@ def _groups(layer):
 
 
 def _swiglu(mlp):
-    """The MLP's gate activation times up: Liger's fused kernel on CUDA where installed, else the module's own."""
+    pair = mlp.__dict__.get("_orchard_act")
+    if pair is None:
+        pair = mlp.__dict__["_orchard_act"] = _activation_pair(mlp)
+    return pair
+
+
+def _activation_pair(mlp):
+    """(forward, backward) of the MLP's gate activation times up. forward(g, u) -> act(g) * u; backward(g, u, d) ->
+    (dg, du). SiLU: Liger's kernels on CUDA where installed (its backward recomputes the activation and writes the
+    gradients over g and u, which only this node holds), else the formula; any other activation: autograd."""
     fn = getattr(mlp, "act_fn", None)
     if isinstance(fn, torch.nn.SiLU) or type(fn).__name__ in ("SiLUActivation", "SiLU"):
         try:
-            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+            from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
         except ImportError:
-            LigerSiLUMulFunction = None
-        if LigerSiLUMulFunction is not None:
-            return lambda g, u: LigerSiLUMulFunction.apply(g, u) if g.is_cuda else fn(g) * u
-    return lambda g, u: fn(g) * u
+            swiglu_forward = swiglu_backward = None
+
+        def fwd(g, u):
+            if g.is_cuda and swiglu_forward is not None:
+                return swiglu_forward(g, u)[2]
+            return torch.nn.functional.silu(g) * u
+
+        def bwd(g, u, d):
+            if g.is_cuda and swiglu_backward is not None and g.is_contiguous() and u.is_contiguous():
+                return swiglu_backward(g, u, d.contiguous())
+            up = (lambda t: t.float()) if g.dtype in (torch.float16, torch.bfloat16) else (lambda t: t)
+            gf, df = up(g), up(d)
+            sg = torch.sigmoid(gf)
+            du = df * gf * sg
+            dg = df * up(u) * sg * (1 + gf * (1 - sg))
+            return dg.to(g.dtype), du.to(u.dtype)
+
+        return fwd, bwd
+
+    def fwd_any(g, u):
+        return fn(g) * u
+
+    def bwd_any(g, u, d):
+        with torch.enable_grad():
+            g1, u1 = g.detach().requires_grad_(), u.detach().requires_grad_()
+            return torch.autograd.grad(fn(g1) * u1, (g1, u1), d)
+
+    return fwd_any, bwd_any
 
 
 def _rope(attn):
@@ -365,7 +463,13 @@ def _fused_forward(self, hidden_states, attention_mask=None, position_ids=None, 
     (h,) = _linear(o, out.reshape(t, -1), states[1], residual=x)
     normed = self.post_attention_layernorm(h.unsqueeze(0))[0]
     g, u = _linear(gu, normed, states[2])
-    (y,) = _linear(down, _swiglu(self.mlp)(g, u), states[3], residual=h)
+    act = _swiglu(self.mlp)
+    if self.__dict__.get("_orchard_mlp_tail", True):
+        # a checkpointed layer (HF checkpoints each layer on its own) being recomputed: its output is not needed
+        skip = self.training and self.gradient_checkpointing and _recomputing()
+        (y,) = _mlp_tail(act, down, g, u, states[3], residual=h, skip_output=skip)
+    else:
+        (y,) = _linear(down, act[0](g, u), states[3], residual=h)
     return y.unsqueeze(0)
 
 
@@ -415,8 +519,9 @@ def _fused_class(cls: type) -> type:
     return _CLASSES[cls]
 
 
-def enable(model) -> int:
-    """Give every eligible decoder layer of ``model`` the fused forward; returns how many now have it."""
+def enable(model, mlp_tail: bool = True) -> int:
+    """Give every eligible decoder layer of ``model`` the fused forward; returns how many now have it.
+    ``mlp_tail``: the down projection with the SwiGLU product recomputed in its backward (:class:`_MLPTail`)."""
     from .unpad import backbone
 
     n = 0
@@ -424,6 +529,7 @@ def enable(model) -> int:
         if getattr(layer, "_orchard_fused_layer", False) or not eligible(layer):
             continue
         layer.__class__ = _fused_class(type(layer))
+        layer.__dict__["_orchard_mlp_tail"] = bool(mlp_tail)
         # the kept block scales now, before training: the kept-layer planner counts memory present at the start
         # as the model's own, and anything first allocated in step 1 as per-token cost
         for group in _groups(layer):
@@ -443,6 +549,8 @@ def disable(model) -> int:
             kept = getattr(layer, "_orchard_kept", False)
             if kept:  # the kept-layer class sits above the fused one
                 _unkeep(layer)
+            layer.mlp.__dict__.pop("_orchard_act", None)
+            layer.__dict__.pop("_orchard_mlp_tail", None)
             for group in layer.__dict__.pop("_orchard_groups", ()):
                 for base in group.bases:
                     base.__dict__.pop("_orchard_q", None)  # frees the kept block scales

@@ -29,6 +29,10 @@ class FastPlan:
     # Llama-style decoder layers run hand-fused (fast.layer: one autograd node per group of linears, cached
     # dequantization scales); ORCHARD_FAST_FUSED_LAYERS=0 turns it off
     fused_layers: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_FUSED_LAYERS", "1") != "0")
+    # with them: the SwiGLU product recomputed in the down projection's backward instead of kept (a kept layer
+    # stores 2 intermediate-sized tensors, not 3), and a checkpointed layer's recomputation skips the down
+    # projection, whose output it discards; ORCHARD_FAST_MLP_TAIL=0 turns it off
+    mlp_tail: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_MLP_TAIL", "1") != "0")
     fold_accumulation: bool = False  # gradient accumulation folded into larger micro batches that fit the budget
     keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
     memory_budget_gib: float = 16.0  # what "auto" may fill
@@ -131,7 +135,7 @@ def apply(trainer, plan: FastPlan) -> dict:
     if plan.fused_lora:
         done["fused_lora_layers"] = lora.enable(trainer.model)
     if plan.unpad and plan.fused_layers:
-        done["fused_decoder_layers"] = layer.enable(trainer.model)
+        done["fused_decoder_layers"] = layer.enable(trainer.model, mlp_tail=plan.mlp_tail)
     # host-side walks over every module that TRL/PEFT/the Trainer repeat each step (see fast.host)
     done["lean_adapter_switch"] = host.lean_adapter_switch(trainer.model)
     host.memoize_parameter_count(trainer.model)
