@@ -45,7 +45,8 @@ LORA = dict(r=16, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Loss agreement tolerances (absolute, per logged step): bf16 kernels differ between the padded and the
 # padding-free attention, so the losses agree to rounding, not bit for bit.
-TOL = {"sft": 0.02, "dpo": 0.005}  # dpo: relative, on the step-1 summed log-probs
+# dpo: relative, on the step-1 summed log-probs; grad_norm: relative, step 1 (bf16 kernels sum in other orders)
+TOL = {"sft": 0.02, "dpo": 0.005, "grad_norm": 0.03}
 
 # variant name -> (stage, fast plan overrides or None for the plain path, batch size multiplier, checkpointing,
 # gradient accumulation steps asked for). ``*_ga2``: 2 micro batches of the default size per optimizer step (the
@@ -336,7 +337,8 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
         res.update(_summary(meter, a.warmup, ga, losses, stage, bs, steps=a.steps))
         res["grad_accum"], res["examples_per_step"] = ga, bs * ga
         first = tr.state.log_history[0] if tr.state.log_history else {}
-        res["first_step"] = {k: first.get(k) for k in ("loss", "logps/chosen", "logps/rejected") if k in first}
+        res["first_step"] = {k: first.get(k) for k in ("loss", "logps/chosen", "logps/rejected", "grad_norm")
+                             if k in first}
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
     else:
         res["error"] = err
@@ -643,8 +645,12 @@ def report(parts: list[dict], model_dir: Path | None, a, gpu: str | None = None,
         elif twin is not None and twin["path"] != r["path"] and r["stage"] == "sft":
             k = min(3, len(r["losses"]), len(twin["losses"]))
             diff = max(abs(x - y) for x, y in zip(r["losses"][:k], twin["losses"][:k])) if k else None
-            r["loss_check"] = {"what": f"loss of the first {k} steps vs {twin['path']}", "max_abs_diff": diff,
-                               "tolerance": TOL["sft"], "ok": diff is not None and diff <= TOL["sft"]}
+            gn = _grad_norm_rel(r, twin)
+            r["loss_check"] = {"what": f"loss of the first {k} steps and step-1 gradient norm vs {twin['path']}",
+                               "max_abs_diff": diff, "tolerance": TOL["sft"], "grad_norm_rel_diff": gn,
+                               "grad_norm_tolerance": TOL["grad_norm"],
+                               "ok": diff is not None and diff <= TOL["sft"] and gn is not None
+                               and gn <= TOL["grad_norm"]}
         elif twin is not None and twin["path"] != r["path"]:
             # DPO on random weights: sequence log-probs are ~ -7,000, so after one update the loss moves with
             # bf16 rounding of those sums; the same-math check is the first step (policy == reference):
@@ -653,9 +659,12 @@ def report(parts: list[dict], model_dir: Path | None, a, gpu: str | None = None,
             rel = max(abs(f[k] - g[k]) / abs(g[k]) for k in ("logps/chosen", "logps/rejected")
                       if k in f and k in g and g[k]) if f and g else None
             dl = abs(f.get("loss", 0) - g.get("loss", 0)) if f and g else None
-            r["loss_check"] = {"what": f"step-1 loss and chosen/rejected log-probs vs {twin['path']}",
+            gn = _grad_norm_rel(r, twin)
+            r["loss_check"] = {"what": f"step-1 loss, chosen/rejected log-probs and gradient norm vs {twin['path']}",
                                "max_abs_diff": dl, "logps_max_rel_diff": rel, "tolerance": TOL["dpo"],
-                               "ok": rel is not None and rel <= TOL["dpo"] and dl <= 1e-3}
+                               "grad_norm_rel_diff": gn, "grad_norm_tolerance": TOL["grad_norm"],
+                               "ok": rel is not None and rel <= TOL["dpo"] and dl <= 1e-3 and gn is not None
+                               and gn <= TOL["grad_norm"]}
         uns = by.get("unsloth_sft")
         if r["stage"] == "sft" and uns and "error" not in uns:
             r["x_unsloth"] = round(r["useful_tokens_per_s"] / uns["useful_tokens_per_s"], 3)
@@ -664,6 +673,13 @@ def report(parts: list[dict], model_dir: Path | None, a, gpu: str | None = None,
             "maxlen": a.maxlen, "lora": LORA, "warmup_steps": a.warmup, "timed_steps": a.steps,
             "versions": {k: p.get("versions") for k, p in zip(("trl", "unsloth"), parts)},
             "load_s": [p.get("load_s") for p in parts], "results": results}
+
+
+def _grad_norm_rel(r: dict, twin: dict):
+    """Relative difference of the step-1 gradient norms (the loss alone misses a gradient that does not flow:
+    step 1's loss is computed before any update)."""
+    a, b = r.get("first_step", {}).get("grad_norm"), twin.get("first_step", {}).get("grad_norm")
+    return abs(a - b) / abs(b) if a is not None and b else None
 
 
 def print_table(rep: dict) -> None:
@@ -684,7 +700,8 @@ def print_table(rep: dict) -> None:
                      f"{r['x_plain_same_step']:.2f}" if "x_plain_same_step" in r else "",
                      f"{r['x_unsloth']:.2f}" if "x_unsloth" in r else "",
                      f"{r['x_unsloth_median']:.2f}" if "x_unsloth_median" in r else "",
-                     "" if not lc else f"{'ok' if lc['ok'] else 'FAIL'} {lc['max_abs_diff']:.4f}<={lc['tolerance']}"])
+                     "" if not lc else f"{'ok' if lc['ok'] else 'FAIL'} {lc['max_abs_diff']:.4f}<={lc['tolerance']}"
+                     + (f" g{lc['grad_norm_rel_diff']:.3f}" if lc.get("grad_norm_rel_diff") is not None else "")])
     w = [max(len(c), *(len(x[i]) for x in rows)) if rows else len(c) for i, c in enumerate(cols)]
     print(f"\n{rep['gpu']}  {rep['date']}  bf16 matmul {rep['bf16_matmul_tflops']} TFLOP/s  "
           f"({rep['timed_steps']} timed steps after {rep['warmup_steps']} warm-up)")

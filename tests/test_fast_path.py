@@ -669,15 +669,31 @@ def test_activation_backward_matches_autograd(act):
         assert a.dtype == torch.float64 and torch.allclose(a, b, atol=1e-12)
 
 
-def test_fused_layers_without_the_mlp_tail_match_plain(spy):
-    """ORCHARD_FAST_MLP_TAIL=0 (plan.mlp_tail False): the down projection as a plain group, kept product."""
+@pytest.mark.parametrize("tail", [False, True])
+def test_fused_layers_with_a_raw_activation_kernel_match_plain(spy, monkeypatch, tail):
+    """The activation pair's forward is a raw kernel on CUDA (Liger's, outside autograd); with it, both MLP forms
+    must still pass the gradient to gate and up. (A GPU benchmark once ran ORCHARD_FAST_MLP_TAIL=0 with the raw
+    kernel's output fed to the down projection: no gradient reached gate/up, and only the loss was checked.)
+    mlp_tail False (ORCHARD_FAST_MLP_TAIL=0): the down projection as a plain group over the kept product."""
     from orchard.align.fast import layer
 
+    real_pair = layer._activation_pair
+
+    def raw(mlp):
+        fwd, bwd = real_pair(mlp)
+
+        def fwd_raw(g, u):
+            with torch.no_grad():
+                return fwd(g, u)
+
+        return fwd_raw, bwd
+
+    monkeypatch.setattr(layer, "_activation_pair", raw)
     plain = _tiny_peft()
     fused = copy.deepcopy(plain)
     unpad.enable(fused)
-    assert layer.enable(fused, mlp_tail=False) == 3
-    assert checkpointing.intermediates_kept(unpad.backbone(fused)) == 3
+    assert layer.enable(fused, mlp_tail=tail) == 3
+    assert checkpointing.intermediates_kept(unpad.backbone(fused)) == (2 if tail else 3)
     ids, am, labels = _batch([30, 7, 19, 44])
     for m in (plain, fused):
         m.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})

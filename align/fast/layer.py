@@ -428,6 +428,29 @@ def _activation_pair(mlp):
     return fwd_any, bwd_any
 
 
+class _ActProduct(torch.autograd.Function):
+    """act(g) * u as an autograd node over the (forward, backward) pair (the down projection then keeps it)."""
+
+    @staticmethod
+    def forward(ctx, g, u, act):
+        ctx.act = act
+        ctx.save_for_backward(g, u)
+        return act[0](g, u)
+
+    @staticmethod
+    def backward(ctx, d):
+        g, u = ctx.saved_tensors
+        # the pair's backward may write the gradients over its inputs (Liger): give it copies
+        dg, du = ctx.act[1](g.clone(), u.clone(), d)
+        return dg, du, None
+
+
+def _act_product(mlp, act, g, u):
+    if not torch.is_grad_enabled():
+        return act[0](g, u)
+    return _ActProduct.apply(g, u, act)
+
+
 def _rope(attn):
     # the attention module's own module-level function: Liger patches it there
     return getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb")
@@ -469,7 +492,7 @@ def _fused_forward(self, hidden_states, attention_mask=None, position_ids=None, 
         skip = self.training and self.gradient_checkpointing and _recomputing()
         (y,) = _mlp_tail(act, down, g, u, states[3], residual=h, skip_output=skip)
     else:
-        (y,) = _linear(down, act[0](g, u), states[3], residual=h)
+        (y,) = _linear(down, _act_product(self.mlp, act, g, u), states[3], residual=h)
     return y.unsqueeze(0)
 
 
