@@ -178,7 +178,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
         "tokens": int(trainer.state.num_input_tokens_seen or 0),
         "resumed_from": Path(resume).name if resume else None,
         "init_from": str(init_dir),
-        "fast_path": fast_applied,
+        "fast_path": fast.finish(trainer, fast_applied),
         "reference": ("frozen 'ref' adapter copy" if "ref" in peft_cfg else
                       "precomputed log-probs" if config.precompute_ref_log_probs else
                       "none (reference-free)" if config.algorithm != "dpo" else "adapter-disabled base"),

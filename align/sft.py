@@ -144,7 +144,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         "train_runtime_s": model_out.metrics.get("train_runtime"),
         "time_s": round(time.perf_counter() - t0, 2),
         "cpu_s": round(time.process_time() - c0, 2),
-        "fast_path": fast_applied,
+        "fast_path": fast.finish(trainer, fast_applied),
     }
     if metrics["train_loss"] is not None and not math.isfinite(metrics["train_loss"]):
         metrics["train_loss"] = str(metrics["train_loss"])

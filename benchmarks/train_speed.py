@@ -381,19 +381,55 @@ class _PyProfile:
         self.prof, self.name, self.out_dir = cProfile.Profile(), name, out_dir
         self.on = False
 
+        self.syncs: dict[str, int] = {}
+
         class CB(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
                 if state.global_step == start and not me.on:
+                    me.sync_trace(True)
                     me.prof.enable()
                     me.on = True
 
             def on_step_end(self, args, state, control, **kw):
                 if state.global_step == start + n and me.on:
                     me.prof.disable()
+                    me.sync_trace(False)
                     me.on = False
                     me.dump()
 
         self.cb = CB()
+
+    def sync_trace(self, on: bool) -> None:
+        """Every host-device synchronization in the window, by call site (torch's sync debug mode): each one
+        drains the GPU's queue, which then idles while the host issues the next kernels."""
+        import traceback
+        import warnings
+
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        if on:
+            self._show = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                if "synchroniz" not in str(message):
+                    return self._show(message, category, filename, lineno, file, line)
+                frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+                site = " <- ".join(f"{Path(f.filename).name}:{f.lineno}:{f.name}" for f in reversed(frames[-6:]))
+                self.syncs[site] = self.syncs.get(site, 0) + 1
+
+            warnings.showwarning = show
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode(1)
+        else:
+            torch.cuda.set_sync_debug_mode(0)
+            warnings.showwarning = self._show
+            top = sorted(self.syncs.items(), key=lambda kv: -kv[1])
+            text = "\n".join(f"{c:5d}  {site}" for site, c in top)
+            print(f"SYNCS {self.name}: {sum(self.syncs.values())} in the window\n{text}", flush=True)
+            if self.out_dir:
+                Path(self.out_dir, f"syncs-{self.name}.txt").write_text(text)
 
     def dump(self) -> None:
         import io
@@ -461,9 +497,12 @@ class _Profiler:
         cats: dict[str, float] = {}
         for e in kernels:
             n = e.name.lower()
-            c = ("gemm" if any(x in n for x in ("nvjet", "gemm", "cutlass", "sm90_xmma", "ampere_", "matmul"))
-                 else "dequant" if "dequant" in n else "attention" if any(x in n for x in ("flash", "fmha", "attention"))
-                 else "triton" if "triton" in n or "liger" in n or "_kernel_" in n and "at::native" not in n
+            # attention first: flash kernels' template arguments name cutlass types
+            c = ("attention" if any(x in n for x in ("flash", "fmha", "attention"))
+                 else "gemm" if any(x in n for x in ("nvjet", "gemm", "cutlass", "sm90_xmma", "ampere_", "matmul"))
+                 else "dequant" if "dequant" in n
+                 else "triton" if ("triton" in n or "liger" in n or "_kernel_" in n or n.startswith("_"))
+                 and "at::native" not in n
                  else "memcpy/set" if "memcpy" in n or "memset" in n
                  else "reduce" if "reduce" in n else "elementwise")
             cats[c] = cats.get(c, 0.0) + (e.time_range.end - e.time_range.start) / 1e3

@@ -151,3 +151,14 @@ def apply(trainer, plan: FastPlan) -> dict:
         done["layers_not_checkpointed"] = plan.keep_layers
     done["liger"] = bool(trainer.args.use_liger_kernel)
     return done
+
+
+def finish(trainer, done: dict) -> dict:
+    """After training: what the kept-layer planner did (per batch, and corrections after a step that went over
+    the memory budget) and the peak GPU memory since training began, into ``done`` (returned)."""
+    for cb in trainer.callback_handler.callbacks:
+        if type(cb).__name__ == "PartialCheckpointing":
+            done["layers_not_checkpointed"] = cb.report()
+    if done.get("fast_path") and torch.cuda.is_available():
+        done["peak_gib_since_train_begin"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return done
