@@ -560,19 +560,20 @@ def test_lean_checkpointing_switch_flips_the_same_flags():
 
 def test_fused_layers_with_biases_and_fallbacks(monkeypatch):
     """Qwen2-style layers (q/k/v biases) take the fused forward with the same loss and gradients; a LoRA with
-    dropout, which the fused forward does not cover, runs the layer's own forward and is still right."""
+    dropout in eval mode takes it too (dropout inactive); DoRA, which the fused forward does not cover, runs the
+    layer's own forward and is still right."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from orchard.align.fast import layer
 
-    def qwen(dropout: float):
+    def qwen(dropout: float, dora: bool = False):
         torch.manual_seed(0)
         cfg = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
         cfg._attn_implementation = "sdpa"
         lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=dropout,
-                          init_lora_weights=False)
+                          init_lora_weights=False, use_dora=dora)
         return get_peft_model(Qwen2ForCausalLM(cfg), lora)
 
     ran = []
@@ -589,16 +590,17 @@ def test_fused_layers_with_biases_and_fallbacks(monkeypatch):
     assert ran and l1 == pytest.approx(l0, rel=1e-5)
     for k in g0:
         assert torch.allclose(g1[k], g0[k], rtol=1e-4, atol=1e-6), k
-    ran.clear()
-    with_dropout = qwen(0.1).eval()  # eval: dropout inactive, so both paths compute the same thing
-    ref = copy.deepcopy(with_dropout)
-    unpad.enable(with_dropout)
-    layer.enable(with_dropout)
-    with torch.no_grad():
-        got = with_dropout(input_ids=ids, attention_mask=am).logits[am.bool()]
-        want = ref(input_ids=ids, attention_mask=am).logits[am.bool()]
-    assert not ran  # fell back to the layer's own forward
-    assert torch.allclose(got, want, atol=1e-5)
+    for kind, model in (("dropout, eval", qwen(0.1).eval()), ("dora", qwen(0.0, dora=True))):
+        ran.clear()
+        ref = copy.deepcopy(model)
+        unpad.enable(model)
+        layer.enable(model)
+        with torch.no_grad():
+            got = model(input_ids=ids, attention_mask=am).logits[am.bool()]
+            want = ref(input_ids=ids, attention_mask=am).logits[am.bool()]
+        assert bool(ran) == (kind != "dora"), kind  # DoRA fell back to the layer's own forward
+        assert layer.covers(unpad.backbone(model).layers[0]) == (kind != "dora")
+        assert torch.allclose(got, want, atol=1e-5), kind
 
 
 def test_kept_layer_planner_leaves_the_cuda_peak_counter_alone(monkeypatch):
@@ -722,3 +724,91 @@ def test_reentrant_checkpointing_never_skips_the_down_projection(spy, monkeypatc
     ids, am, labels = _batch([30, 7, 19, 44])
     _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
     assert skips == [False] * 6  # 3 layers forward, 3 recomputed
+
+
+class _SeededDropout(torch.nn.Module):
+    """PEFT's LoRA dropout with its masks drawn like the fused layers draw theirs (one seed per call, in order)."""
+
+    def __init__(self, p, seeds):
+        super().__init__()
+        self.p, self.seeds = p, seeds
+
+    def forward(self, x):
+        from orchard.align.fast import layer
+
+        flat = x.reshape(-1, x.shape[-1])
+        m = layer._mask(next(self.seeds), flat.shape, self.p, x.device, x.dtype)
+        return (flat * m * (1.0 / (1.0 - self.p))).view(x.shape)
+
+
+def test_fused_layers_apply_lora_dropout_like_peft(monkeypatch):
+    """LoRA dropout (the recipes' default 0.05) runs in the fused layers instead of falling back: each adapter's
+    input dropped with its own mask, the mask drawn again from its seed in the backward. With PEFT's dropout
+    drawing the same masks, loss and every LoRA gradient are PEFT's."""
+    import itertools
+
+    from peft.tuners.lora import LoraLayer
+
+    from orchard.align.fast import layer
+
+    def model(p):
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+        cfg._attn_implementation = "sdpa"
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=p, init_lora_weights=False)
+        return get_peft_model(LlamaForCausalLM(cfg), lora)
+
+    ref = model(0.2)
+    fused = copy.deepcopy(ref)
+    seeds = itertools.count(1000)
+    for m in ref.modules():
+        if isinstance(m, LoraLayer):
+            m.lora_dropout["default"] = _SeededDropout(0.2, seeds)
+    unpad.enable(ref)  # padding-free, PEFT's own layers
+    unpad.enable(fused)
+    assert layer.enable(fused) == 3
+    calls = []
+    fused_seeds = itertools.count(1000)
+    monkeypatch.setattr(layer, "_seed", lambda: calls.append(1) or next(fused_seeds))
+    ids, am, labels = _batch([30, 7, 19, 44])
+    for m in (ref, fused):
+        m.train()
+    _assert_same(_loss_and_grads(ref, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    assert len(calls) == 3 * 7  # the fused path ran, one mask per adapter
+    # and dropout is on: another seed sequence gives another loss
+    fused_seeds = itertools.count(5000)
+    assert _loss_and_grads(fused, ids, am, labels)[0] != pytest.approx(_loss_and_grads(ref, ids, am, labels)[0],
+                                                                       rel=1e-6)
+
+
+def test_lora_dropout_masks_survive_checkpoint_recomputation():
+    """A checkpointed layer's recomputation draws the same masks as its forward (the RNG state is restored):
+    the same loss and gradients with and without activation checkpointing, from the same torch seed."""
+    from orchard.align.fast import layer
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=300, max_position_embeddings=256)
+    cfg._attn_implementation = "sdpa"
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.2, init_lora_weights=False)
+    a = get_peft_model(LlamaForCausalLM(cfg), lora)
+    b = copy.deepcopy(a)
+    for m in (a, b):
+        unpad.enable(m)
+        layer.enable(m)
+        m.train()
+    b.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+    checkpointing.set_kept_layers(b, 1)
+    ids, am, labels = _batch([30, 7, 19, 44])
+    res = []
+    for m in (a, b):
+        torch.manual_seed(123)
+        res.append(_loss_and_grads(m, ids, am, labels))
+    _assert_same(*res)

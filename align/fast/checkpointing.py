@@ -98,8 +98,10 @@ def intermediates_kept(inner) -> int:
     layers = getattr(inner, "layers", None)
     if layers is None or not len(layers):
         return 3
+    from .layer import covers
+
     first = layers[0]
-    return 2 if getattr(first, "_orchard_fused_layer", False) and first.__dict__.get("_orchard_mlp_tail") else 3
+    return 2 if first.__dict__.get("_orchard_mlp_tail") and covers(first) else 3
 
 
 def auto_keep(budget_gib: float, peak_gib: float, tokens: int, config, n_layers: int, margin_gib: float = 1.0,

@@ -13,9 +13,12 @@ autograd function with its own backward:
 - the residual is added by the output projections' GEMM itself (``addmm``), not by a separate kernel.
 
 Only the call the fast path makes uses it: a packed row (``orchard_seq_lens`` from
-:mod:`orchard.align.fast.unpad`), no KV cache, adapters in their plain form. Anything else (generation, DoRA,
-dropout, merged or several adapters, trainable biases) runs the layer's own forward. Same math as the plain
-path: ``tests/test_fast_path.py`` checks loss and every LoRA gradient on CPU.
+:mod:`orchard.align.fast.unpad`), no KV cache, adapters in their plain form, LoRA dropout included (each adapter's
+mask drawn from a seed, drawn again in the backward). Anything else (generation, DoRA, merged or several
+adapters, trainable biases, attention dropout) runs the layer's own forward. Same math as the plain path:
+``tests/test_fast_path.py`` checks loss and every LoRA gradient on CPU. The MLP's tail (:class:`_MLPTail`)
+recomputes the SwiGLU product in its backward, and a checkpointed layer's recomputation skips the down
+projection whose output it discards.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import SEQ_LENS_KEY, packed_attention
-from .lora import plain_adapter
+from .lora import adapter_and_dropout
 
 SUPPORTED = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
 _CLASSES: dict[type, type] = {}
@@ -131,7 +134,7 @@ def _lora_of(linear):
     False when the layer is in a form this path does not cover."""
     if not hasattr(linear, "lora_A"):
         return None if not any(p.requires_grad for p in linear.parameters()) else False
-    return plain_adapter(linear)
+    return adapter_and_dropout(linear)
 
 
 _STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): part of every cast's stamp
@@ -192,7 +195,7 @@ class _Group:
         key = f"_orchard_ab_{id(self)}_{dtype}_{id(a_params[0])}"
 
         def make():
-            a = [(p * s).to(dtype) if s != 1 else p.to(dtype) for p, (_, _, s) in zip(a_params, loras)]
+            a = [(p * x[2]).to(dtype) if x[2] != 1 else p.to(dtype) for p, x in zip(a_params, loras)]
             return (torch.cat(a) if len(a) > 1 else a[0]), [p.to(dtype) for p in b_params]
 
         return _cast_cached(self.owner, key, make, *a_params, *b_params)
@@ -212,8 +215,8 @@ class _GroupLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group, loras, residual, *params):
-        outs, x2, xa, cd = _group_forward(x, group, loras, residual)
-        ctx.group, ctx.loras, ctx.cd, ctx.x_dtype = group, loras, cd, x.dtype
+        outs, x2, xa, cd, seeds = _group_forward(x, group, loras, residual)
+        ctx.group, ctx.loras, ctx.cd, ctx.x_dtype, ctx.seeds = group, loras, cd, x.dtype, seeds
         ctx.x_shape, ctx.has_residual = x.shape, residual is not None
         ctx.save_for_backward(x2, xa)
         return outs
@@ -221,7 +224,8 @@ class _GroupLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x2, xa = ctx.saved_tensors
-        gx, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, x2, xa, grads, ctx.needs_input_grad[0])
+        gx, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, x2, xa, grads, ctx.needs_input_grad[0],
+                                       ctx.seeds)
         g_res = grads[0] if ctx.has_residual else None
         if gx is not None:
             gx = gx.view(ctx.x_shape)
@@ -230,7 +234,7 @@ class _GroupLinear(torch.autograd.Function):
         return (gx, None, None, g_res, *g_params)
 
 
-def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool):
+def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool, seeds=None):
     """Input gradient (tokens, in) or None, and the LoRA gradients (A of each member, then B of each member)."""
     gys = []
     for g, n in zip(grads, group.outs):
@@ -250,18 +254,35 @@ def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool):
         a, bs = group.adapters(loras, cd)
         gxa = [g @ b for g, b in zip(gys, bs)]
         gxa = torch.cat(gxa, dim=1) if len(gxa) > 1 else gxa[0]
-        if gx is not None:
-            gx.addmm_(gxa, a)
-        g_a = gxa.t() @ x2  # d/dA of s*A: scaled below
-        scales = [s for (_, _, s) in loras]
+        scales = [x[2] for x in loras]
         one_scale = len(set(scales)) == 1
-        if one_scale and scales[0] != 1:
-            g_a.mul_(scales[0])
+        if seeds is None:
+            if gx is not None:
+                gx.addmm_(gxa, a)
+            g_a = gxa.t() @ x2  # d/dA of s*A: scaled below
+            if one_scale and scales[0] != 1:
+                g_a.mul_(scales[0])
         r0, ga_list, gb_list = 0, [], []
-        for g, b, s in zip(gys, bs, scales):
+        for i, (g, b, s) in enumerate(zip(gys, bs, scales)):
             r = b.shape[1]
-            ga = g_a[r0:r0 + r]
-            ga_list.append(ga if one_scale else ga.mul(s))
+            if seeds is None:
+                ga = g_a[r0:r0 + r]
+                ga_list.append(ga if one_scale else ga.mul(s))
+            else:  # each member's dropped input again, from its seed
+                gxa_i, a_i, p = gxa[:, r0:r0 + r], a[r0:r0 + r], loras[i][3]
+                if seeds[i] is None:
+                    xi = x2
+                    if gx is not None:
+                        gx.addmm_(gxa_i, a_i)
+                else:
+                    m = _mask(seeds[i], x2.shape, p, x2.device, x2.dtype)
+                    xi = torch.mul(x2, m).mul_(1.0 / (1.0 - p))
+                    if gx is not None:
+                        t = gxa_i @ a_i
+                        gx.add_(t.mul_(m), alpha=1.0 / (1.0 - p))
+                    del m
+                ga = gxa_i.t() @ xi
+                ga_list.append(ga.mul_(s) if s != 1 else ga)
             gb_list.append(g.t() @ xa[:, r0:r0 + r])
             r0 += r
         g_params = ga_list + gb_list
@@ -269,7 +290,8 @@ def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool):
 
 
 def _group_forward(x, group: _Group, loras, residual):
-    """The group's outputs (views shaped like ``x``), with what the backward keeps: the input and x A^T."""
+    """The group's outputs (views shaped like ``x``), with what the backward keeps: the input, x A^T, and the
+    seeds of the LoRA dropout masks (None without dropout)."""
     cd = _compute_dtype(x)
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != cd:
@@ -277,10 +299,10 @@ def _group_forward(x, group: _Group, loras, residual):
     ws = group.weights(cd)
     bias = group.biases(cd)
     r2 = residual.reshape(-1, residual.shape[-1]) if residual is not None and residual.dtype == cd else None
-    xa, bs = None, [None] * len(ws)
+    xa, bs, seeds = None, [None] * len(ws), None
     if loras is not None:
         a, bs = group.adapters(loras, cd)
-        xa = x2 @ a.t()
+        xa, seeds = _lora_input(x2, a, bs, loras)
     outs, r0 = [], 0
     for w, b, lb in zip(ws, bias, bs):
         # the cheap terms first (LoRA update, residual, bias), then the base GEMM adds onto them in place: its
@@ -299,7 +321,49 @@ def _group_forward(x, group: _Group, loras, residual):
     if residual is not None and residual.dtype != cd:
         outs = [residual.reshape(-1, residual.shape[-1]) + outs[0].to(residual.dtype)]
     lead = x.shape[:-1]
-    return tuple(y.view(*lead, y.shape[-1]) for y in outs), x2, xa, cd
+    return tuple(y.view(*lead, y.shape[-1]) for y in outs), x2, xa, cd, seeds
+
+
+# -- LoRA dropout ---------------------------------------------------------------------------------------------
+# PEFT drops each adapter's input with its own mask. Here each member's mask is drawn from a seed (taken from
+# torch's CPU generator, so torch.manual_seed reproduces a run and activation checkpointing, which restores the
+# RNG state for its recomputation, draws the same ones) and drawn again from it in the backward: no mask is kept.
+
+_GENERATORS: dict = {}
+
+
+def _seed() -> int:
+    return int(torch.randint(0, 2**62, (1,)).item())  # a CPU tensor: no device synchronisation
+
+
+def _mask(seed: int, shape, p: float, device, dtype) -> torch.Tensor:
+    """0/1 keep-mask with P(1) = 1 - p, the same for the same seed."""
+    gen = _GENERATORS.get(device)
+    if gen is None:
+        gen = _GENERATORS[device] = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return torch.empty(shape, device=device, dtype=dtype).bernoulli_(1.0 - p, generator=gen)
+
+
+def _lora_input(x2, a, bs, loras):
+    """x A^T for the group's stacked (scaled) A; with dropout, each member's own dropped input. Returns it and the
+    members' seeds (None when no member drops)."""
+    if not any(x[3] > 0 for x in loras):
+        return x2 @ a.t(), None
+    seeds, parts, r0 = [], [], 0
+    for lo, b in zip(loras, bs):
+        r = b.shape[1]
+        a_i = a[r0:r0 + r]
+        r0 += r
+        if lo[3] > 0:
+            sd = _seed()
+            xd = torch.mul(x2, _mask(sd, x2.shape, lo[3], x2.device, x2.dtype)).mul_(1.0 / (1.0 - lo[3]))
+            parts.append(xd @ a_i.t())
+        else:
+            sd = None
+            parts.append(x2 @ a_i.t())
+        seeds.append(sd)
+    return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), seeds
 
 
 def _linear(group: _Group, x, loras, residual=None):
@@ -323,16 +387,16 @@ class _MLPTail(torch.autograd.Function):
         if skip_output:
             cd = _compute_dtype(p)
             x2 = p.reshape(-1, p.shape[-1])
-            xa = None
+            xa = seeds = None
             if loras is not None:
-                a, _ = group.adapters(loras, cd)
-                xa = x2.to(cd) @ a.t()
+                a, bs = group.adapters(loras, cd)
+                xa, seeds = _lora_input(x2.to(cd), a, bs, loras)  # the same seeds as the forward (RNG restored)
             dtype = residual.dtype if residual is not None else cd
             outs = (torch.empty(*p.shape[:-1], group.outs[0], dtype=dtype, device=p.device),)
         else:
-            outs, _, xa, cd = _group_forward(p, group, loras, residual)
+            outs, _, xa, cd, seeds = _group_forward(p, group, loras, residual)
         del p
-        ctx.group, ctx.loras, ctx.cd, ctx.act = group, loras, cd, act
+        ctx.group, ctx.loras, ctx.cd, ctx.act, ctx.seeds = group, loras, cd, act, seeds
         ctx.has_residual = residual is not None
         ctx.save_for_backward(g, u, xa)
         return outs
@@ -344,7 +408,7 @@ class _MLPTail(torch.autograd.Function):
         p = act_fwd(g, u).reshape(-1, g.shape[-1])
         if p.dtype != ctx.cd:
             p = p.to(ctx.cd)
-        gp, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, p, xa, grads, True)
+        gp, g_params = _group_backward(ctx.group, ctx.loras, ctx.cd, p, xa, grads, True, ctx.seeds)
         del p
         dg, du = act_bwd(g, u, gp.view(g.shape).to(g.dtype))
         g_res = grads[0] if ctx.has_residual else None
@@ -527,6 +591,16 @@ def eligible(layer) -> bool:
         if getattr(w, "quant_state", None) is None and not w.dtype.is_floating_point:
             return False  # 8-bit and other integer weights: their own layers know their scales
     return True
+
+
+def covers(layer) -> bool:
+    """Whether the fused forward runs for this (enabled) layer's training calls as it is configured now: its
+    adapters in a form this path takes, no attention dropout."""
+    if not getattr(layer, "_orchard_fused_layer", False):
+        return False
+    if getattr(layer.self_attn, "attention_dropout", 0.0):
+        return False
+    return all(g.state() is not False for g in _groups(layer))
 
 
 def _plain_class_or_none(layer):

@@ -34,6 +34,28 @@ def plain_adapter(layer):
     return layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
 
 
+def adapter_and_dropout(layer):
+    """(A, B, scaling, p) of a LoRA layer's one active adapter, ``p`` the dropout probability in effect on the
+    adapter's input now (0 without dropout or outside training): the hand-fused decoder layers apply it
+    themselves. None when the adapters are disabled; False for forms no fused path covers (merged or several
+    adapters, DoRA and other variants, a dropout module other than ``nn.Dropout``)."""
+    if getattr(layer, "merged", False) or len(layer.active_adapters) != 1:
+        return False
+    if layer.disable_adapters:
+        return None
+    name = layer.active_adapters[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}):
+        return False
+    d = layer.lora_dropout[name]
+    if isinstance(d, torch.nn.Identity):
+        p = 0.0
+    elif type(d) is torch.nn.Dropout:
+        p = float(d.p) if d.training else 0.0
+    else:
+        return False
+    return layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name], p
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     peft_forward = type(self).__mro__[1].forward
     adapter = None if args or kwargs else plain_adapter(self)
