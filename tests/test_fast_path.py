@@ -812,3 +812,23 @@ def test_lora_dropout_masks_survive_checkpoint_recomputation():
         torch.manual_seed(123)
         res.append(_loss_and_grads(m, ids, am, labels))
     _assert_same(*res)
+
+
+def test_fused_layers_when_a_kernel_patch_removed_act_fn(spy):
+    """Liger's SwiGLU patch (TRL's use_liger_kernel) leaves the MLP's ``act_fn`` None: the fused layer then takes
+    the activation from the config (a GPU DPO stage crashed on it); an unknown one is not fused."""
+    from orchard.align.fast import layer
+
+    plain = _tiny_peft()
+    fused = copy.deepcopy(plain)
+    for lay in unpad.backbone(fused).layers:
+        lay.mlp.act_fn = None
+    unpad.enable(fused)
+    assert layer.enable(fused) == 3
+    ids, am, labels = _batch([30, 7, 19, 44])
+    _assert_same(_loss_and_grads(plain, ids, am, labels), _loss_and_grads(fused, ids, am, labels))
+    other = copy.deepcopy(plain)
+    for lay in unpad.backbone(other).layers:
+        lay.mlp.act_fn = None
+        lay.mlp.config.hidden_act = "something-else"
+    assert layer.enable(other) == 0

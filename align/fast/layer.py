@@ -453,12 +453,25 @@ def _swiglu(mlp):
     return pair
 
 
+def _is_silu(mlp) -> bool:
+    """SiLU gate: the module's ``act_fn``, or where a kernel patch removed it (Liger's SwiGLU MLP leaves
+    ``act_fn`` None), the model config's ``hidden_act``."""
+    fn = getattr(mlp, "act_fn", None)
+    if fn is not None:
+        return isinstance(fn, torch.nn.SiLU) or type(fn).__name__ in ("SiLUActivation", "SiLU")
+    return str(getattr(getattr(mlp, "config", None), "hidden_act", "")).lower() in ("silu", "swish")
+
+
+def _activation_known(mlp) -> bool:
+    return _is_silu(mlp) or callable(getattr(mlp, "act_fn", None))
+
+
 def _activation_pair(mlp):
     """(forward, backward) of the MLP's gate activation times up. forward(g, u) -> act(g) * u; backward(g, u, d) ->
     (dg, du). SiLU: Liger's kernels on CUDA where installed (its backward recomputes the activation and writes the
     gradients over g and u, which only this node holds), else the formula; any other activation: autograd."""
     fn = getattr(mlp, "act_fn", None)
-    if isinstance(fn, torch.nn.SiLU) or type(fn).__name__ in ("SiLUActivation", "SiLU"):
+    if _is_silu(mlp):
         try:
             from liger_kernel.ops.swiglu import swiglu_backward, swiglu_forward
         except ImportError:
@@ -576,7 +589,7 @@ def eligible(layer) -> bool:
         return False
     if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling")):
         return False
-    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) or not _activation_known(mlp):
         return False
     cfg = getattr(attn, "config", None)
     if hasattr(attn, "q_norm") or hasattr(attn, "k_norm") or getattr(attn, "sliding_window", None):
