@@ -749,6 +749,49 @@ def print_table(rep: dict) -> None:
         print("  ".join(v.ljust(w[i]) for i, v in enumerate(x)))
 
 
+def summarize_runs(reps: list[dict], names: list[str]) -> dict:
+    """Across several runs (each side by side in itself): per path, each run's ratios to the plain path (on the
+    mean and on the median step) and to Unsloth, and their medians. The plain path's own speed moves between runs
+    (8-20% on the H100s lent here), so one run's ratio is one draw."""
+    import statistics
+
+    rows: dict[str, dict] = {}
+    for rep, name in zip(reps, names):
+        by = {r["path"]: r for r in rep["results"] if "error" not in r}
+        for r in by.values():
+            if r["tool"] == "trl":
+                continue
+            plain = by.get(r.get("plain_same_step") or f"plain_{r['stage']}")
+            key = "useful_tokens_per_s" if r["stage"] == "sft" else "pairs_per_s"
+            row = rows.setdefault(r["path"], {"runs": [], "x_plain": [], "x_plain_median_step": [], "x_unsloth": []})
+            row["runs"].append(Path(name).name)
+            row["x_plain"].append(r.get("x_plain_same_step", r.get("x_plain")))
+            if plain and r["stage"] == "sft":
+                row["x_plain_median_step"].append(round(r["useful_tokens_per_s_median"]
+                                                        / plain["useful_tokens_per_s_median"], 3))
+            elif plain:  # pairs per second on the median step: the same ratio as tokens on the median step
+                row["x_plain_median_step"].append(round(plain["step_s_median"] / r["step_s_median"]
+                                                        * r["examples_per_step"] / plain["examples_per_step"], 3))
+            if r.get("x_unsloth") is not None:
+                row["x_unsloth"].append(r["x_unsloth"])
+    for row in rows.values():
+        for k in ("x_plain", "x_plain_median_step", "x_unsloth"):
+            vals = [v for v in row[k] if v is not None]
+            row[f"{k}_median_of_runs"] = round(statistics.median(vals), 3) if vals else None
+    return rows
+
+
+def print_runs(rows: dict) -> None:
+    print(f"{'path':<16} {'runs':>4}  {'x plain (each run)':<26} {'median':>6}  {'x plain, median step':<26} "
+          f"{'median':>6}  {'x unsloth':<22} {'median':>6}")
+    for path, r in rows.items():
+        fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs if x is not None)  # noqa: E731
+        med = lambda v: f"{v:.2f}" if v is not None else ""  # noqa: E731
+        print(f"{path:<16} {len(r['runs']):>4}  {fmt(r['x_plain']):<26} {med(r['x_plain_median_of_runs']):>6}  "
+              f"{fmt(r['x_plain_median_step']):<26} {med(r['x_plain_median_step_median_of_runs']):>6}  "
+              f"{fmt(r['x_unsloth']):<22} {med(r['x_unsloth_median_of_runs']):>6}")
+
+
 # ---- orchestration ---------------------------------------------------------------------------------------
 
 
@@ -800,8 +843,9 @@ def _slug(s: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("cmd", choices=["all", "make", "trl", "unsloth", "report"])
-    p.add_argument("--parts", nargs="*", help="report: trl.json [unsloth.json] written by a run")
+    p.add_argument("cmd", choices=["all", "make", "trl", "unsloth", "report", "runs"])
+    p.add_argument("--parts", nargs="*", help="report: trl.json [unsloth.json] written by a run; runs: result "
+                                                "files of several runs")
     p.add_argument("--gpu", help="report: GPU name, for parts written before it was recorded")
     p.add_argument("--date", help="report: the run's date (default: today)")
     p.add_argument("--size", default="8b", choices=sorted(SIZES))
@@ -829,6 +873,8 @@ def main(argv=None) -> None:
         cmd_trl(a)
     elif a.cmd == "unsloth":
         cmd_unsloth(a)
+    elif a.cmd == "runs":
+        print_runs(summarize_runs([json.loads(Path(x).read_text()) for x in a.parts], a.parts))
     elif a.cmd == "report":
         parts = [json.loads(Path(x).read_text()) for x in a.parts]
         rep = report(parts, None, a, gpu=a.gpu, n=model_params_of(SIZES[a.size])["n_flop_params"])

@@ -188,6 +188,9 @@ def test_trl_trainers_same_losses_through_benchmark(tmp_path):
         assert len(p) == len(f) == 3
         assert f == pytest.approx(p, abs=1e-4)
         assert res[f"fast_{stage}"]["tokens_timed"] == res[f"plain_{stage}"]["tokens_timed"]  # same batches
+        # the first step's gradient norm too: a gradient that does not flow leaves step 1's loss unchanged
+        g_p, g_f = res[f"plain_{stage}"]["first_step"]["grad_norm"], res[f"fast_{stage}"]["first_step"]["grad_norm"]
+        assert g_f == pytest.approx(g_p, rel=1e-3)
 
 
 def test_folded_accumulation_takes_the_same_optimizer_steps(tmp_path):
@@ -832,3 +835,23 @@ def test_fused_layers_when_a_kernel_patch_removed_act_fn(spy):
         lay.mlp.act_fn = None
         lay.mlp.config.hidden_act = "something-else"
     assert layer.enable(other) == 0
+
+
+def test_benchmark_summarizes_ratios_across_runs():
+    """``train_speed.py runs``: each run's ratio to the plain path (mean and median step) and their medians."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_speed
+
+    def rep(plain_s, fast_s):
+        base = {"stage": "sft", "examples_per_step": 4, "batch_size": 4}
+        return {"results": [
+            dict(base, path="plain_sft", tool="trl", useful_tokens_per_s=100 / plain_s,
+                 useful_tokens_per_s_median=100 / plain_s, step_s_median=plain_s),
+            dict(base, path="fast_sft", tool="orchard", useful_tokens_per_s=100 / fast_s,
+                 useful_tokens_per_s_median=100 / fast_s, step_s_median=fast_s, plain_same_step="plain_sft",
+                 x_plain_same_step=round(plain_s / fast_s, 3))]}
+
+    rows = train_speed.summarize_runs([rep(1.3, 0.45), rep(1.4, 0.45), rep(1.2, 0.45)], ["a", "b", "c"])
+    r = rows["fast_sft"]
+    assert r["x_plain"] == [2.889, 3.111, 2.667] and r["x_plain_median_of_runs"] == 2.889
+    assert r["x_plain_median_step_median_of_runs"] == pytest.approx(2.889, abs=1e-3)
