@@ -85,6 +85,9 @@ _DIRECT: list = []  # [callable or False]: bitsandbytes' C entry point, once che
 def _dequantize_into(data, absmax, blocksize, quant_type, shape, dtype, out) -> None:
     # bitsandbytes' torch op runs a Python implementation (checks, device guard, ctypes); ~600 calls a step on an
     # 8B model. Its C function is called directly once the first call has shown both give the same bytes.
+    if not data.is_cuda:  # bitsandbytes registers the out= form for CUDA only (CPU QLoRA: the tests, small runs)
+        out.copy_(torch.ops.bitsandbytes.dequantize_4bit(data, absmax, blocksize, quant_type, shape, dtype))
+        return
     if not _DIRECT:
         _DIRECT.append(_direct_dequant(data, absmax, blocksize, quant_type, shape, dtype))
     fn = _DIRECT[0]
