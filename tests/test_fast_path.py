@@ -855,3 +855,21 @@ def test_benchmark_summarizes_ratios_across_runs():
     r = rows["fast_sft"]
     assert r["x_plain"] == [2.889, 3.111, 2.667] and r["x_plain_median_of_runs"] == 2.889
     assert r["x_plain_median_step_median_of_runs"] == pytest.approx(2.889, abs=1e-3)
+
+
+def test_fused_layers_stay_off_where_parameters_are_sharded():
+    """FSDP and DeepSpeed gather parameters behind the modules: the hand-fused layers, which read the 4-bit bytes
+    directly, are not enabled under them (DDP and one process keep them)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from orchard.align.fast import plan
+
+    def trainer(kind):
+        return SimpleNamespace(accelerator=SimpleNamespace(distributed_type=kind))
+
+    assert "FSDP" in plan._shards_parameters(trainer(DistributedType.FSDP))
+    assert "DEEPSPEED" in plan._shards_parameters(trainer(DistributedType.DEEPSPEED))
+    assert plan._shards_parameters(trainer(DistributedType.MULTI_GPU)) is None
+    assert plan._shards_parameters(trainer(DistributedType.NO)) is None

@@ -117,6 +117,17 @@ def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: i
     return best
 
 
+def _shards_parameters(trainer) -> str | None:
+    """Why the hand-fused layers must stay off for this trainer, or None. They read each 4-bit weight's packed
+    bytes and block scales directly (kept from when they were enabled); FSDP and DeepSpeed ZeRO shard and
+    regather parameters behind the module, so only the modules' own forwards see them whole."""
+    acc = getattr(trainer, "accelerator", None)
+    kind = getattr(getattr(acc, "distributed_type", None), "value", None)
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        return f"{kind} shards the parameters"
+    return None
+
+
 def apply(trainer, plan: FastPlan) -> dict:
     """Patch a built TRL trainer's model in place; returns what was applied (for metrics/manifests)."""
     from . import attention, host, layer, lora, unpad
@@ -135,14 +146,18 @@ def apply(trainer, plan: FastPlan) -> dict:
     if plan.fused_lora:
         done["fused_lora_layers"] = lora.enable(trainer.model)
     if plan.unpad and plan.fused_layers:
-        done["fused_decoder_layers"] = layer.enable(trainer.model, mlp_tail=plan.mlp_tail)
+        why_not = _shards_parameters(trainer)
+        if why_not:
+            done.setdefault("notes", []).append(f"hand-fused layers off: {why_not}")
+        else:
+            done["fused_decoder_layers"] = layer.enable(trainer.model, mlp_tail=plan.mlp_tail)
     # host-side walks over every module that TRL/PEFT/the Trainer repeat each step (see fast.host)
     done["lean_adapter_switch"] = host.lean_adapter_switch(trainer.model)
     host.memoize_parameter_count(trainer.model)
     done["lean_step_walks"] = host.lean_step_walks(trainer)
     done["lean_checkpointing_switch"] = host.lean_checkpointing_switch(trainer.model)
     if plan.notes:
-        done["notes"] = list(plan.notes)
+        done["notes"] = list(plan.notes) + done.get("notes", [])
     if plan.keep_layers and trainer.args.gradient_checkpointing:
         args = trainer.args
         rows = args.per_device_train_batch_size * (2 if hasattr(args, "beta") else 1)  # DPO: chosen + rejected
