@@ -20,14 +20,16 @@ from orchard.dataio import write_split
 pytestmark = pytest.mark.slow
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_two_gloo_processes_match_one_process(tmp_path, fast):
     from safetensors.torch import load_file
 
     base = build_test_model(tmp_path / "base")
     write_split(tmp_path / "data", "train", tiny_sft_rows())
     common = dict(base_model=str(base), method="qlora", max_steps=3, learning_rate=3e-3,
                   lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_steps=10, max_length=64,
-                  lora_r=8, lora_alpha=16, lora_dropout=0.0, validation_fraction=0.0, early_stopping_patience=None)
+                  lora_r=8, lora_alpha=16, lora_dropout=0.0, validation_fraction=0.0, early_stopping_patience=None,
+                  fast_path=fast)  # "on": padding-free, hand-fused layers, lean step walks under DDP too
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "per_device_train_batch_size": 4}))
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "per_device_train_batch_size": 2}))
     acc = yaml.safe_load(open("recipes/accelerate/cpu_ddp.yaml"))
@@ -61,3 +63,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         diff = (w1[k].float() - w2[k].float()).abs()
         assert diff.max() <= 2 * common["learning_rate"] and diff.mean() < 2e-4, k
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
+    if fast == "on":
+        for m in (m1, m2):
+            assert m["fast_path"]["fused_decoder_layers"] > 0 and m["fast_path"]["padding_free"]
