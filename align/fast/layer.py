@@ -292,20 +292,25 @@ def _group_backward(group: _Group, loras, cd, x2, xa, grads, need_gx: bool, seed
     return gx, g_params
 
 
-def _group_forward(x, group: _Group, loras, residual):
+def _group_forward(x, group: _Group, loras, residual, outputs: bool = True):
     """The group's outputs (views shaped like ``x``), with what the backward keeps: the input, x A^T, and the
-    seeds of the LoRA dropout masks (None without dropout)."""
+    seeds of the LoRA dropout masks (None without dropout). ``outputs=False``: what the backward keeps only, the
+    outputs left uncomputed (a recomputation that discards them)."""
     cd = _compute_dtype(x)
     x2 = x.reshape(-1, x.shape[-1])
     if x2.dtype != cd:
         x2 = x2.to(cd)
-    ws = group.weights(cd)
-    bias = group.biases(cd)
-    r2 = residual.reshape(-1, residual.shape[-1]) if residual is not None and residual.dtype == cd else None
-    xa, bs, seeds = None, [None] * len(ws), None
+    xa, bs, seeds = None, [None] * len(group.bases), None
     if loras is not None:
         a, bs = group.adapters(loras, cd)
         xa, seeds = _lora_input(x2, a, bs, loras)
+    lead = x.shape[:-1]
+    if not outputs:
+        dtype = residual.dtype if residual is not None else cd
+        return tuple(torch.empty(*lead, n, dtype=dtype, device=x.device) for n in group.outs), x2, xa, cd, seeds
+    ws = group.weights(cd)
+    bias = group.biases(cd)
+    r2 = residual.reshape(-1, residual.shape[-1]) if residual is not None and residual.dtype == cd else None
     outs, r0 = [], 0
     for w, b, lb in zip(ws, bias, bs):
         # the cheap terms first (LoRA update, residual, bias), then the base GEMM adds onto them in place: its
@@ -323,7 +328,6 @@ def _group_forward(x, group: _Group, loras, residual):
         outs.append(y)
     if residual is not None and residual.dtype != cd:
         outs = [residual.reshape(-1, residual.shape[-1]) + outs[0].to(residual.dtype)]
-    lead = x.shape[:-1]
     return tuple(y.view(*lead, y.shape[-1]) for y in outs), x2, xa, cd, seeds
 
 
@@ -385,20 +389,8 @@ class _MLPTail(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, u, group, loras, residual, act, skip_output, *params):
-        act_fwd, _ = act
-        p = act_fwd(g, u)
-        if skip_output:
-            cd = _compute_dtype(p)
-            x2 = p.reshape(-1, p.shape[-1])
-            xa = seeds = None
-            if loras is not None:
-                a, bs = group.adapters(loras, cd)
-                xa, seeds = _lora_input(x2.to(cd), a, bs, loras)  # the same seeds as the forward (RNG restored)
-            dtype = residual.dtype if residual is not None else cd
-            outs = (torch.empty(*p.shape[:-1], group.outs[0], dtype=dtype, device=p.device),)
-        else:
-            outs, _, xa, cd, seeds = _group_forward(p, group, loras, residual)
-        del p
+        # skipping: the dropout seeds are drawn as in the forward (checkpointing restored the RNG state)
+        outs, _, xa, cd, seeds = _group_forward(act[0](g, u), group, loras, residual, outputs=not skip_output)
         ctx.group, ctx.loras, ctx.cd, ctx.act, ctx.seeds = group, loras, cd, act, seeds
         ctx.has_residual = residual is not None
         ctx.save_for_backward(g, u, xa)
@@ -525,7 +517,7 @@ class _ActProduct(torch.autograd.Function):
         return dg, du, None
 
 
-def _act_product(mlp, act, g, u):
+def _act_product(act, g, u):
     if not torch.is_grad_enabled():
         return act[0](g, u)
     return _ActProduct.apply(g, u, act)
@@ -572,7 +564,7 @@ def _fused_forward(self, hidden_states, attention_mask=None, position_ids=None, 
         skip = self.training and self.gradient_checkpointing and _recomputing()
         (y,) = _mlp_tail(act, down, g, u, states[3], residual=h, skip_output=skip)
     else:
-        (y,) = _linear(down, _act_product(self.mlp, act, g, u), states[3], residual=h)
+        (y,) = _linear(down, _act_product(act, g, u), states[3], residual=h)
     return y.unsqueeze(0)
 
 
