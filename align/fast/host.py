@@ -83,6 +83,12 @@ def memoize_parameter_count(model) -> bool:
     return True
 
 
+def distributed_kind(trainer) -> str | None:
+    """accelerate's distributed type of ``trainer`` ("NO", "MULTI_GPU", "FSDP", "DEEPSPEED", ...), or None."""
+    acc = getattr(trainer, "accelerator", None)
+    return getattr(getattr(acc, "distributed_type", None), "value", None)
+
+
 def lean_step_walks(trainer) -> list[str]:
     """Install the lean ``train``, ``zero_grad`` and gradient clipping on ``trainer`` and its model; returns what
     was installed."""
@@ -125,10 +131,8 @@ def lean_step_walks(trainer) -> list[str]:
         model.__dict__["zero_grad"] = zero_grad
         done.append("zero_grad")
     clip = getattr(type(trainer), "_clip_grad_norm", None)
-    acc = getattr(trainer, "accelerator", None)
     # one process, no DeepSpeed/FSDP (their clipping is their own), no fp16 loss scaler to unscale first
-    single = (acc is not None and getattr(acc.distributed_type, "value", None) == "NO"
-              and not getattr(trainer.args, "fp16", False))
+    single = distributed_kind(trainer) == "NO" and not getattr(trainer.args, "fp16", False)
     if clip is not None and single and "_clip_grad_norm" not in trainer.__dict__:
         trainable = [p for p in model.parameters() if p.requires_grad]
 

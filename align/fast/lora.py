@@ -19,21 +19,6 @@ import torch
 _CLASSES: dict[type, type] = {}
 
 
-def plain_adapter(layer):
-    """(A, B, scaling) of a LoRA layer's one active adapter in its plain form; None when the adapters are
-    disabled (DPO's reference); False where a fused form does not apply (merged or several adapters, DoRA and
-    other variants, dropout)."""
-    if getattr(layer, "merged", False) or len(layer.active_adapters) != 1:
-        return False
-    if layer.disable_adapters:
-        return None
-    name = layer.active_adapters[0]
-    if (name not in layer.lora_A or name in getattr(layer, "lora_variant", {})
-            or not isinstance(layer.lora_dropout[name], torch.nn.Identity)):
-        return False
-    return layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
-
-
 def adapter_and_dropout(layer):
     """(A, B, scaling, p) of a LoRA layer's one active adapter, ``p`` the dropout probability in effect on the
     adapter's input now (0 without dropout or outside training): the hand-fused decoder layers apply it
@@ -54,6 +39,17 @@ def adapter_and_dropout(layer):
     else:
         return False
     return layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name], p
+
+
+def plain_adapter(layer):
+    """(A, B, scaling) of a LoRA layer's one active adapter in its plain form, no dropout module at all; None when
+    the adapters are disabled (DPO's reference); False where this module's fused form does not apply."""
+    found = adapter_and_dropout(layer)
+    if not found:
+        return found
+    if not isinstance(layer.lora_dropout[layer.active_adapters[0]], torch.nn.Identity):
+        return False
+    return found[:3]
 
 
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

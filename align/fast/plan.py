@@ -121,8 +121,9 @@ def _shards_parameters(trainer) -> str | None:
     """Why the hand-fused layers must stay off for this trainer, or None. They read each 4-bit weight's packed
     bytes and block scales directly (kept from when they were enabled); FSDP and DeepSpeed ZeRO shard and
     regather parameters behind the module, so only the modules' own forwards see them whole."""
-    acc = getattr(trainer, "accelerator", None)
-    kind = getattr(getattr(acc, "distributed_type", None), "value", None)
+    from .host import distributed_kind
+
+    kind = distributed_kind(trainer)
     if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         return f"{kind} shards the parameters"
     return None
@@ -171,8 +172,10 @@ def apply(trainer, plan: FastPlan) -> dict:
 def finish(trainer, done: dict) -> dict:
     """After training: what the kept-layer planner did (per batch, and corrections after a step that went over
     the memory budget) and the peak GPU memory since training began, into ``done`` (returned)."""
+    from .checkpointing import PartialCheckpointing
+
     for cb in trainer.callback_handler.callbacks:
-        if type(cb).__name__ == "PartialCheckpointing":
+        if isinstance(cb, PartialCheckpointing):
             done["layers_not_checkpointed"] = cb.report()
     if done.get("fast_path") and torch.cuda.is_available():
         done["peak_gib_since_train_begin"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
