@@ -18,6 +18,7 @@ from orchard.errors import InputError
 from . import data as D
 from .callbacks import StopOnNaN
 from .config import SFTConfig
+from .masking import assistant_masked_rows
 from .modeling import device, load_base, load_tokenizer, lora_config, write_policy_info
 from .plots import plot_curves
 from .score import sft_loss
@@ -65,11 +66,15 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         **kw,
         max_length=config.max_length,
         packing=config.packing,
-        assistant_only_loss=config.assistant_only_loss,
+        # Assistant-only loss is ours (align/masking.py): it works with any chat template, where TRL's needs
+        # `{% generation %}` markers; TRL gets tokenized rows with an `assistant_masks` column and builds labels.
+        assistant_only_loss=False,
         dataset_num_proc=None,
     )
 
-    def to_ds(rs):
+    def to_ds(rs, split):
+        if config.assistant_only_loss:
+            return datasets.Dataset.from_list(assistant_masked_rows(tok, rs, str(data_dir / f"{split}.parquet")))
         return datasets.Dataset.from_list([{"messages": r["messages"]} for r in rs])
 
     nan_cb = StopOnNaN()
@@ -85,8 +90,8 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         trainer = keep_dtype_on_resume(SFTTrainer)(
             model=model,
             args=args,
-            train_dataset=to_ds(train_rows),
-            eval_dataset=to_ds(val_rows) if has_eval else None,
+            train_dataset=to_ds(train_rows, "train"),
+            eval_dataset=to_ds(val_rows, "train") if has_eval else None,
             processing_class=tok,
             peft_config=peft_cfg,
             callbacks=cbs,

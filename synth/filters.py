@@ -16,13 +16,14 @@ from orchard.dataio import provenance, with_provenance
 from orchard.errors import InputError
 
 from .dedup import semantic_filter, words
+from .degenerate import degenerate_reason
 from .ledger import Ledger
 from .methods_config import DecontamConfig, FilterConfig
 from .pii import find_pii, mask_pii
 
 
 def instruction_reason(text: str, cfg: FilterConfig) -> str | None:
-    """Why an instruction is unusable, or None."""
+    """Why an instruction is unusable, or None (degenerate text included: synth/degenerate.py)."""
     t = (text or "").strip()
     if not t:
         return "filter:empty"
@@ -39,16 +40,17 @@ def instruction_reason(text: str, cfg: FilterConfig) -> str | None:
         return "filter:starts_with_punctuation"
     if cfg.english_only and not t[0].isascii():
         return "filter:non_english_start"
-    return None
+    return degenerate_reason(t, cfg.degenerate)[0]
 
 
-def response_reason(text: str, cfg: FilterConfig) -> str | None:
+def response_reason(text: str, cfg: FilterConfig, prompt: str | None = None) -> str | None:
+    """Why a response is unusable, or None; with ``prompt``, an answer that only echoes it is degenerate too."""
     t = (text or "").strip()
     if len(t) < max(1, cfg.min_response_chars):
         return "filter:response_too_short"
     if len(t) > cfg.max_response_chars:
         return "filter:response_too_long"
-    return None
+    return degenerate_reason(t, cfg.degenerate, prompt)[0]
 
 
 # -- decontamination --------------------------------------------------------------------------------

