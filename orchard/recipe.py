@@ -57,6 +57,7 @@ class ServeConfig(_Strict):
 
     model: str = Field(description="a local model folder, or 'run:teacher_model' for the one the run trains")
     device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="CPU threads of the server (default 1)")
 
 
 class SplitConfig(_Strict):
@@ -81,6 +82,7 @@ class WinRateConfig(_Strict):
 
     max_prompts: int | None = Field(64, ge=1)
     max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of the policies' answers")
     include_base: bool = True
     judge: dict[str, Any] = Field(default_factory=dict, description="synth PreferencesConfig fields for the judge")
 

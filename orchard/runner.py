@@ -232,7 +232,7 @@ class Runner:
             from orchard.serve import TeacherServer
 
             model_path = resolve_model_ref(serve["model"], self.run_dir)
-            server = TeacherServer(model_path, device=serve.get("device", "cpu"),
+            server = TeacherServer(model_path, device=serve.get("device", "cpu"), threads=serve.get("threads"),
                                    log_path=self.run_dir / ".work" / "teacher-server.log")
             self.console.print(f"starting the run's teacher server for {model_path} …")
             self._server_stack.enter_context(server)

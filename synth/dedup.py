@@ -255,6 +255,21 @@ def embed(texts: list[str], cfg: SemanticDedupConfig):
                         convert_to_numpy=True)
 
 
+class TopicIndex:
+    """Embeddings of the seed instructions; ``similarity(text)`` is a text's cosine to the nearest seed.
+
+    A small teacher drifts off the domain (asked about household budgets, it writes about launch events); the
+    seeds say what the domain is."""
+
+    def __init__(self, seed_texts: list[str], cfg):
+        self.cfg = cfg
+        self.emb = embed(seed_texts, cfg)
+
+    def similarity(self, text: str) -> float:
+        e = embed([text], self.cfg)
+        return float((self.emb @ e[0]).max()) if len(self.emb) else 1.0
+
+
 def semantic_filter(texts: list[str], cfg: SemanticDedupConfig, emb=None) -> tuple[list[int], dict[int, tuple[int, float]]]:
     """Keep-first semantic dedup: (kept indexes, {dropped index: (kept index it duplicates, cosine)})."""
     import numpy as np

@@ -40,7 +40,22 @@ def instruction_reason(text: str, cfg: FilterConfig) -> str | None:
         return "filter:starts_with_punctuation"
     if cfg.english_only and not t[0].isascii():
         return "filter:non_english_start"
+    if cfg.english_only and english_word_share(t) < cfg.min_english_word_share:
+        return "filter:not_english"
     return degenerate_reason(t, cfg.degenerate)[0]
+
+
+def english_word_share(text: str) -> float:
+    """Share of a text's words that are English words (wordfreq's English list; numbers count as words).
+
+    Small teachers drift into invented words and other languages ("Illelithynes liémoni Médée ..."); rules on
+    the first character and length pass such text."""
+    from wordfreq import tokenize, zipf_frequency
+
+    toks = [w for w in tokenize(text, "en") if not any(c.isdigit() for c in w)]
+    if not toks:
+        return 1.0
+    return sum(zipf_frequency(w, "en") > 0 for w in toks) / len(toks)
 
 
 def response_reason(text: str, cfg: FilterConfig, prompt: str | None = None) -> str | None:
@@ -50,6 +65,8 @@ def response_reason(text: str, cfg: FilterConfig, prompt: str | None = None) -> 
         return "filter:response_too_short"
     if len(t) > cfg.max_response_chars:
         return "filter:response_too_long"
+    if cfg.english_only and english_word_share(t) < cfg.min_english_word_share:
+        return "filter:response_not_english"
     return degenerate_reason(t, cfg.degenerate, prompt)[0]
 
 

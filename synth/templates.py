@@ -49,8 +49,11 @@ def parse_template(text: str, path: str, default_name: str) -> PromptTemplate:
 
 
 def load_template(name: str, overrides: Mapping[str, str | Path] | None = None) -> PromptTemplate:
-    """The template ``name``: the user's override file when the config names one, else the shipped file."""
+    """The template ``name``: the user's override (a file, or the name of another shipped template) when the config
+    names one, else the shipped file."""
     path = Path(overrides[name]) if overrides and name in overrides else PROMPTS_DIR / f"{name}.txt"
+    if not path.is_file() and (PROMPTS_DIR / f"{path}.txt").is_file():
+        path = PROMPTS_DIR / f"{path}.txt"
     if not path.is_file():
         raise InputError(f"prompt template '{name}' not found", path=path)
     try:

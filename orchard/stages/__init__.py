@@ -309,30 +309,50 @@ def _eval_run(ctx: StageContext) -> dict:
 
     block = ctx.config
     cfg = EvalConfig.model_validate(block.model_dump(exclude={"win_rate"}))
+    if cfg.general_dir and Path(cfg.general_dir).suffix == ".jsonl":
+        # A seed file (Self-Instruct's format) as the general set of the forgetting check: its rows carry messages.
+        from orchard.synth.seeds import load_seeds
+
+        general = ctx.work_dir / "general"
+        write_split(general, "train", load_seeds(_path(cfg.general_dir, "eval.general_dir")))
+        cfg = cfg.model_copy(update={"general_dir": str(general), "general_split": "train"})
     final = _final_policy(ctx)
     judged = None
-    if block.win_rate is not None and final is not None:
+    if block.win_rate is not None:
         judged = _judge_win_rates(ctx, final, block.win_rate, cfg.split)
     return eval_stage(ctx.inputs["data"], ctx.inputs.get("pairs"), ctx.inputs["sft"], final,
                       ctx.out_dir, ctx.work_dir, cfg, judged=judged)
 
 
-def _judge_win_rates(ctx: StageContext, final: Path, wr, split: str) -> dict:
-    """align samples each policy on held-out prompts; synth's pairwise judge (both orders) picks winners."""
+def _judge_win_rates(ctx: StageContext, final: Path | None, wr, split: str) -> dict:
+    """align samples each policy on held-out prompts; synth's pairwise judge (both orders) picks winners.
+
+    Each stage is judged against the model it started from: SFT against the base, the final (DPO) policy
+    against SFT."""
     from orchard.align.api import sample_policies_stage
     from orchard.align.config import SampleConfig
+    from orchard.align.modeling import read_policy_info
     from orchard.synth.api import judge_candidates_stage
     from orchard.synth.methods_config import PreferencesConfig
 
-    policies = {"final": final, "sft": ctx.inputs["sft"]}
+    policies: dict[str, Path | None] = {"sft": ctx.inputs["sft"]}
+    comparisons = []
     if wr.include_base:
         policies["base"] = None
+        comparisons.append(("sft", "base"))
+    if final is not None:
+        name = read_policy_info(final).get("stage", "dpo")
+        policies[name] = final
+        comparisons.append((name, "sft"))
+    if not comparisons:
+        return {}
     cands = ctx.out_dir / "win_rate" / "candidates"
     scfg = SampleConfig(num_completions=1, max_new_tokens=wr.max_new_tokens, split=split,
-                        max_prompts=wr.max_prompts, temperature=0.7)
-    res = sample_policies_stage(ctx.inputs["data"], policies, cands, ctx.work_dir / "win_rate", scfg)
+                        max_prompts=wr.max_prompts, temperature=wr.temperature)
+    res = sample_policies_stage(ctx.inputs["data"], policies, cands, ctx.work_dir / "win_rate", scfg,
+                                comparisons=comparisons)
     judged = {}
-    jcfg = PreferencesConfig.model_validate(wr.judge)
+    jcfg = PreferencesConfig.model_validate({"judge": "pairwise", "min_margin": 0.0, **wr.judge})
     for name in res["comparisons"]:
         out = ctx.out_dir / "win_rate" / "judged" / name
         judge_candidates_stage(cands / name, out, ctx.work_dir / "win_rate" / name, jcfg, ctx.teacher)

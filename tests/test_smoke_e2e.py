@@ -1,4 +1,4 @@
-"""The quickstart, end to end, as a user runs it: seeds → tiny teacher → synth → review → split → SFT → DPO → eval.
+"""The smoke recipe (tiny models), end to end, as a user runs it: seeds → tiny teacher → synth → review → split → SFT → DPO → eval.
 
 This is the slowest test (a few minutes on 2 cores); it checks the artifacts, that the counts add up from stage to
 stage, that every trained row traces back to a seed, that DPO moves the margins, that no key leaks, and that a
@@ -23,20 +23,20 @@ SECRET = "sk-orchard-test-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
+def smoke(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     exe = Path(sys.executable).with_name("orchard")
     env = dict(os.environ, OPENAI_API_KEY=SECRET, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    res = subprocess.run([str(exe), "run", "recipes/quickstart.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
+    res = subprocess.run([str(exe), "run", "recipes/smoke.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
     first = time.perf_counter() - t0
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return runs / "quickstart", res, first, exe, env, runs
+    return runs / "smoke", res, first, exe, env, runs
 
 
-def test_artifacts_and_counts_add_up(quickstart):
-    run, res, _, _, _, _ = quickstart
+def test_artifacts_and_counts_add_up(smoke):
+    run, res, _, _, _, _ = smoke
     assert str(run) in res.stdout and "report.md" in res.stdout
     for stage in ("seeds", "teacher_model", "synth", "review", "split", "sft", "preferences", "dpo", "eval"):
         assert read_manifest(run / stage)["status"] == "complete", stage
@@ -57,8 +57,8 @@ def test_artifacts_and_counts_add_up(quickstart):
     assert prefs["train_pairs"] + prefs["train_identical_skipped"] == len(train)
 
 
-def test_every_trained_row_traces_to_a_seed(quickstart):
-    run = quickstart[0]
+def test_every_trained_row_traces_to_a_seed(smoke):
+    run = smoke[0]
     seed_ids = {r["id"] for r in read_rows(run / "seeds")}
     for folder, split in (("synth", "train"), ("split", "train"), ("split", "test"), ("preferences", "train")):
         for row in read_rows(run / folder, split):
@@ -68,8 +68,8 @@ def test_every_trained_row_traces_to_a_seed(quickstart):
             assert prov.get("template_version") or prov.get("method") == "policy_sample" or "template" in prov
 
 
-def test_training_moved_the_numbers(quickstart):
-    run = quickstart[0]
+def test_training_moved_the_numbers(smoke):
+    run = smoke[0]
     sft = read_manifest(run / "sft")["result"]
     # Validation loss falls, and so does the training loss once past the single-batch noise of step 1.
     assert sft["eval_loss"] < sft["first_eval_loss"], sft
@@ -90,17 +90,17 @@ def test_training_moved_the_numbers(quickstart):
     assert not [p for p in run.rglob("*.bin") if "adapter" in p.parts or "model" in p.parts]  # safetensors only
 
 
-def test_no_secret_anywhere_in_the_run(quickstart):
-    run = quickstart[0]
+def test_no_secret_anywhere_in_the_run(smoke):
+    run = smoke[0]
     for p in run.rglob("*"):
         if p.is_file():
             assert SECRET.encode() not in p.read_bytes(), p
 
 
-def test_second_run_skips_every_stage(quickstart):
-    run, _, first, exe, env, runs = quickstart
+def test_second_run_skips_every_stage(smoke):
+    run, _, first, exe, env, runs = smoke
     t0 = time.perf_counter()
-    res = subprocess.run([str(exe), "run", "recipes/quickstart.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
+    res = subprocess.run([str(exe), "run", "recipes/smoke.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("skipped") == 9 and " ran " not in res.stdout
