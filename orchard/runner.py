@@ -8,6 +8,8 @@ resumable state (call cache, checkpoints) in ``runs/<name>/.work/<stage>/``, whi
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import contextlib
 import fcntl
 import json
@@ -235,6 +237,9 @@ class Runner:
             server = TeacherServer(model_path, device=serve.get("device", "cpu"), threads=serve.get("threads"),
                                    log_path=self.run_dir / ".work" / "teacher-server.log")
             self.console.print(f"starting the run's teacher server for {model_path} …")
+            warning = server.sampling_warning()
+            if warning:
+                self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
             self._server_stack.enter_context(server)
             data["base_url"], data["model"] = server.base_url, server.model
         from orchard.synth.config import TeacherConfig

@@ -144,6 +144,25 @@ class TeacherServer:
             cmd.append("--no-continuous-batching")
         return cmd + self.extra_args
 
+    def sampling_warning(self) -> str | None:
+        """Why requests' sampling settings would be ignored by this server, or None.
+
+        Under continuous batching `transformers serve` applies a request's temperature / top_p / top_k only when
+        the model's generation config sets them, and samples only when it sets do_sample; otherwise every request
+        is answered with the model's defaults, whatever it asks for."""
+        if not self.continuous_batching:
+            return None
+        import json
+
+        cfg_path = Path(self.model) / "generation_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        missing = [k for k in ("do_sample", "temperature", "top_p", "top_k") if cfg.get(k) in (None, False)]
+        if missing:
+            return (f"{cfg_path}: {', '.join(missing)} not set; under continuous batching the server then ignores "
+                    f"the temperature, top_p and top_k of each request (set them, e.g. do_sample true, "
+                    f"temperature 0.7, top_p 0.9, top_k 50)")
+        return None
+
     def start(self) -> "TeacherServer":
         if self.proc is not None:
             return self

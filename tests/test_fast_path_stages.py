@@ -84,4 +84,8 @@ def test_dpo_stage_fast_path_same_losses_and_shared_prompts(env, monkeypatch):
     assert ln[0] == pytest.approx(lo[0], abs=1e-4)  # ln 2: policy == reference
     assert ln == pytest.approx(lo, rel=2e-3, abs=2e-3)
     for key in ("rewards/margins", "logps/chosen"):
-        assert _losses(root / "dpo-on", key) == pytest.approx(_losses(root / "dpo-off", key), rel=1e-3, abs=1e-3)
+        on, off = _losses(root / "dpo-on", key), _losses(root / "dpo-off", key)
+        # The first steps agree to 1e-3; at lr 5e-3 rounding differences compound step by step (transformers 5.25
+        # gave a step-5 margin of 0.1720 against 0.1755 on both this code and the last landed commit).
+        assert on[:3] == pytest.approx(off[:3], rel=1e-3, abs=1e-3)
+        assert on == pytest.approx(off, rel=2e-2, abs=5e-3)
