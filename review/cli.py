@@ -164,7 +164,8 @@ def pull(data: Path = typer.Argument(..., help="The dataset folder that was push
          out: Path = typer.Option(..., "--out", help="Output dataset folder (accepted rows in train.parquet)."),
          dataset: str = DatasetOpt, workspace: str = WorkspaceOpt, url: Optional[str] = UrlOpt,
          api_key_env: str = KeyEnvOpt, server_dir: Optional[Path] = DirOpt,
-         min_submitted: int = typer.Option(1, help="Reviews a record needs before it counts."),
+         min_submitted: Optional[int] = typer.Option(None, min=1, help="Reviews a record needs before it counts "
+                                                     "(default: the overlap the dataset was pushed with)."),
          apply_calibration: bool = typer.Option(False, help="Decide unreviewed rows with the calibrated judge.")):
     """Pull submitted reviews: accepted/rejected rows, preference pairs from edits, agreement report with plots.
 
@@ -182,5 +183,6 @@ def pull(data: Path = typer.Argument(..., help="The dataset folder that was push
             summary = do_pull(rows, tmp, cfg)
     except OrchardError as e:
         _fail(e)
-    typer.echo(json.dumps({k: summary[k] for k in ("counts", "judge_agreement", "calibration")}, indent=2))
+    typer.echo(json.dumps({k: summary[k] for k in ("counts", "min_submitted", "judge_agreement", "calibration")},
+                          indent=2))
     typer.echo(f"report: {out / 'report.md'}")
