@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
-    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test)"
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+     || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test), postgresql (review on PostgreSQL tests)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium postgresql >/dev/null
   fi
 fi
 
@@ -28,6 +29,6 @@ $PIP install -q -c constraints-cpu.txt -e ".[dev]"
 # anonymeter (privacy risk evaluators) pins numpy<1.27 and pyarrow<22, which datasets 5 cannot live with;
 # its code runs on numpy 2 (tests/test_tabular* exercise it), so it is installed without its pins.
 $PIP install -q --no-deps "anonymeter==1.0.0"
-echo "==> Argilla server environment (separate venv: its pins clash with the training stack)"
-.venv/bin/orchard review setup
+echo "==> Argilla server environment (separate venv: its pins clash with the training stack), PostgreSQL drivers"
+.venv/bin/orchard review setup --postgres
 echo "==> setup done"

@@ -334,6 +334,7 @@ def test_search_engine_filters_sort_paging_text_progress_similarity(server, clie
     rows = [_sft_row(200 + i, [1, 2, 3, 4, 5, 3, 2, 4][i], method="evol" if i % 2 else "self_instruct")
             for i in range(8)]
     rows[5]["messages"][0]["content"] = "Pruning pear trees in winter"
+    rows[6]["messages"][0]["content"] = "Poaching pears for a Crème brûlée tart"
     push_rows(client, rows, "search", "team", with_vectors=True)
     ds = client.datasets(name="search", workspace=client.workspaces(name="team"))
     ext = {v: k for k, v in _server_ids(client, ds).items()}
@@ -362,7 +363,10 @@ def test_search_engine_filters_sort_paging_text_progress_similarity(server, clie
     res = _search(client, ds, {"query": {"text": {"q": "pear wint*"}}})
     assert ids(res) == [rows[5]["id"]]
     res = _search(client, ds, {"query": {"text": {"q": "apples", "field": "instruction"}}})
-    assert res["total"] == 7
+    assert res["total"] == 6
+    # Accented words, in every field and in one (the database stores JSON with escaped non-ASCII characters)
+    assert ids(_search(client, ds, {"query": {"text": {"q": "BRÛLÉE pear*"}}})) == [rows[6]["id"]]
+    assert ids(_search(client, ds, {"query": {"text": {"q": "crème", "field": "instruction"}}})) == [rows[6]["id"]]
     # Suggestion filter: the judge suggested "reject" for scores below the middle of the 1-5 scale
     res = _search(client, ds, {"filters": {"and": [{"type": "terms", "scope": {"entity": "suggestion",
                                                     "question": "decision", "property": "value"},
