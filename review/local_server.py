@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.error
@@ -139,17 +140,24 @@ def _redis_ping(port: int, password: str | None) -> bool:
         return False
 
 
+# What orchard keeps in the folder; only these are tightened (the folder may be one the user also keeps other
+# things in, and those are not orchard's to change).
+_OWN_FILES = ("credentials.json", "state.json", "reviewers.json")
+_OWN_FOLDERS = ("argilla", "redis", "logs")
+
+
 def _make_private(data_dir: Path) -> None:
-    """The folder 700 and everything in it owner-only: also tightens folders made by older orchard versions,
-    whose database and WAL were created 644."""
+    """The folder 700 and what orchard keeps in it owner-only: also tightens folders made by older orchard
+    versions, whose database and WAL were created 644 in 755 folders."""
     os.chmod(data_dir, 0o700)
-    for root, dirs, files in os.walk(data_dir):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o700)
-        for f in files:
-            path = os.path.join(root, f)
-            if not os.path.islink(path):
-                os.chmod(path, os.stat(path).st_mode & 0o700)
+    paths = [data_dir / f for f in _OWN_FILES]
+    for name in _OWN_FOLDERS:
+        if (data_dir / name).is_dir() and not (data_dir / name).is_symlink():
+            paths += [data_dir / name, *(data_dir / name).rglob("*")]
+    for path in paths:
+        if path.is_symlink() or not path.exists():
+            continue
+        os.chmod(path, 0o700 if path.is_dir() else stat.S_IMODE(path.stat().st_mode) & 0o700)
 
 
 def _alive(pid: int, needle: str) -> bool:

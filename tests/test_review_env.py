@@ -64,3 +64,22 @@ def test_older_credentials_gain_a_redis_password_and_database_urls_are_remembere
     assert local_server.normalize_database_url("postgres://h/db") == "postgresql+asyncpg://h/db"
     with pytest.raises(InputError, match=r"\[database_url\].*'mysql'"):
         local_server.normalize_database_url("mysql://h/db")
+
+
+def test_start_tightens_what_orchard_keeps_and_leaves_the_users_own_files(tmp_path):
+    folder = tmp_path / "srv"
+    (folder / "argilla").mkdir(parents=True)
+    (folder / "notes").mkdir()
+    for rel in ("argilla/argilla.db", "argilla/argilla.db-wal", "credentials.json", "notes/todo.txt", "plan.md"):
+        (folder / rel).write_text("x")
+        (folder / rel).chmod(0o644)
+    for d in (folder, folder / "argilla", folder / "notes"):
+        d.chmod(0o755)
+    local_server._make_private(folder)
+
+    def mode(rel):
+        return oct((folder / rel).stat().st_mode & 0o777)
+
+    assert [mode(r) for r in (".", "argilla", "argilla/argilla.db", "argilla/argilla.db-wal", "credentials.json")] \
+        == ["0o700", "0o700", "0o600", "0o600", "0o600"]
+    assert [mode(r) for r in ("notes", "notes/todo.txt", "plan.md")] == ["0o755", "0o644", "0o644"]
