@@ -80,7 +80,7 @@ def pg_server(pg_cluster, tmp_path_factory):
     """A PostgreSQL-backed server, started the way a user does: `orchard review serve --database-url …`."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); the Argilla server needs Redis")
-    from orchard.review.local_server import free_port, start_server, stop_server
+    from orchard.review.local_server import credentials, free_port, start_server, stop_server
     from orchard.review.server_env import ensure_server_env
 
     ensure_server_env(postgres=True)
@@ -90,8 +90,10 @@ def pg_server(pg_cluster, tmp_path_factory):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Argilla is up at" in proc.stdout
-    assert pg_cluster.password not in proc.stdout + proc.stderr
     info = start_server(folder)  # finds it running (and the database it was started with)
+    creds = credentials(folder)
+    assert not [s for s in (pg_cluster.password, creds["redis_password"], creds["api_key"], creds["password"])
+                if s in proc.stdout + proc.stderr]
     yield info
     stop_server(folder)
 
