@@ -54,13 +54,14 @@ def setup(env: Optional[Path] = typer.Option(None, help="Where to create the ser
 def serve(server_dir: Optional[Path] = DirOpt,
           port: int = typer.Option(6900, help="Port of the API and web UI."),
           host: str = typer.Option("127.0.0.1", help="Interface to bind (127.0.0.1 keeps it local)."),
-          database_url: Optional[str] = typer.Option(None, help="PostgreSQL URL (postgresql+asyncpg://…); "
-                                                     "default: SQLite in the folder."),
+          database_url: Optional[str] = typer.Option(None, help="PostgreSQL URL (postgresql://USER:PW@HOST:PORT/DB), "
+                                                     "remembered for later starts; default: SQLite in the folder."),
           redis_port: Optional[int] = typer.Option(None, help="Port for orchard's Redis (default: a free one)."),
           no_worker: bool = typer.Option(False, help="Do not start the background worker.")):
     """Start a real Argilla 2.8 server (web UI, API, Redis, worker) keeping its data in --dir; returns when ready.
 
     Example: orchard review serve --dir ./review-data --port 6900
+    Example: orchard review serve --dir ./team --database-url postgresql://argilla:PW@db.internal:5432/argilla
     """
     from .client import server_dir_or_default
     from .local_server import start_server
@@ -164,7 +165,8 @@ def pull(data: Path = typer.Argument(..., help="The dataset folder that was push
          out: Path = typer.Option(..., "--out", help="Output dataset folder (accepted rows in train.parquet)."),
          dataset: str = DatasetOpt, workspace: str = WorkspaceOpt, url: Optional[str] = UrlOpt,
          api_key_env: str = KeyEnvOpt, server_dir: Optional[Path] = DirOpt,
-         min_submitted: int = typer.Option(1, help="Reviews a record needs before it counts."),
+         min_submitted: Optional[int] = typer.Option(None, min=1, help="Reviews a record needs before it counts "
+                                                     "(default: the overlap the dataset was pushed with)."),
          apply_calibration: bool = typer.Option(False, help="Decide unreviewed rows with the calibrated judge.")):
     """Pull submitted reviews: accepted/rejected rows, preference pairs from edits, agreement report with plots.
 
@@ -182,5 +184,6 @@ def pull(data: Path = typer.Argument(..., help="The dataset folder that was push
             summary = do_pull(rows, tmp, cfg)
     except OrchardError as e:
         _fail(e)
-    typer.echo(json.dumps({k: summary[k] for k in ("counts", "judge_agreement", "calibration")}, indent=2))
+    typer.echo(json.dumps({k: summary[k] for k in ("counts", "min_submitted", "judge_agreement", "calibration")},
+                          indent=2))
     typer.echo(f"report: {out / 'report.md'}")

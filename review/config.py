@@ -35,7 +35,10 @@ class ArgillaReview(_Strict):
     )
     workspace: str = "orchard"
     dataset: str = "orchard-review"
-    min_submitted: int = Field(1, ge=1, description="How many reviewers must submit each record (task overlap).")
+    min_submitted: int | None = Field(
+        None, ge=1, description="How many reviewers must submit each record (task overlap). Push: 1 unless set; "
+        "pull: the overlap the dataset was pushed with unless set."
+    )
     guidelines: str | None = Field(None, description="Guidelines shown to reviewers (Markdown).")
     reviewers: list[str] = Field(default_factory=list, description="Usernames to create and add to the workspace.")
     uncertainty_order: bool = Field(True, description="Order the queue by the AI judge's uncertainty (hard first).")

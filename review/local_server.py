@@ -1,11 +1,16 @@
 """orchard's own Argilla server: Redis, the API/web UI process and the background worker, kept in one folder.
 
-Layout of the folder the user names:
-    credentials.json  owner username/password/API key and the UI's session secret (mode 600)
+Layout of the folder the user names (mode 700; everything the processes write in it is created under umask 077,
+so the database, which holds every user's API key, its WAL and SHM files, and the logs are 600):
+    credentials.json  owner username/password/API key, the UI's session secret, Redis's password and the
+                      database URL when one was given (mode 600)
     state.json        what is running: pids, ports, URL (removed by a clean stop)
     argilla/          ARGILLA_HOME_PATH, with the SQLite database argilla.db (unless a database URL is given)
     redis/            Redis working folder (nothing persisted: the queue only holds transient jobs)
     logs/             server.log, worker.log, redis.log, init.log
+
+Redis asks for a password (requirepass, given to redis-server on its stdin, never on a command line); the server
+and the worker get it inside their Redis URL, in their environment.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.error
@@ -24,8 +30,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from orchard.dataio import atomic_write_json
-from orchard.errors import OrchardError
+from orchard.dataio import atomic_write_json, atomic_write_text
+from orchard.errors import InputError, OrchardError
 
 from .server_env import ensure_server_env, env_python
 
@@ -63,27 +69,95 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def credentials(data_dir: str | Path) -> dict:
-    """Owner credentials of the server in `data_dir`, created (random) on first use; file mode 600."""
+    """Owner credentials of the server in `data_dir`, created (random) on first use; file mode 600.
+
+    A file written by an older orchard gains the secrets it lacks (Redis's password) on first read.
+    """
     path = Path(data_dir) / "credentials.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    creds = {
+    creds = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {
         "username": OWNER,
         "password": secrets.token_urlsafe(18),
         "api_key": "orchard." + secrets.token_urlsafe(32),
         "auth_secret_key": secrets.token_hex(32),  # fixed so that UI sessions survive a restart
+        "redis_password": secrets.token_urlsafe(32),
     }
-    atomic_write_json(path, creds, mode=0o600)
+    if not all(k in creds for k in fresh):
+        creds = {**fresh, **creds}
+        atomic_write_json(path, creds, mode=0o600)
     return creds
 
 
-def _redis_ping(port: int) -> bool:
+def _remember_database(data_dir: Path, database_url: str | None) -> str | None:
+    """The database URL to use: the one given (recorded in the credentials file: it may hold a password), else
+    the one recorded at an earlier start, so that a restart never silently swaps PostgreSQL for a new SQLite."""
+    creds = credentials(data_dir)
+    if database_url is None:
+        return creds.get("database_url")
+    database_url = normalize_database_url(database_url)
+    if creds.get("database_url") != database_url:
+        atomic_write_json(data_dir / "credentials.json", {**creds, "database_url": database_url}, mode=0o600)
+    return database_url
+
+
+def normalize_database_url(url: str) -> str:
+    """postgresql:// (or postgres://) as the asyncpg driver's URL, which argilla-server needs."""
+    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    if url.startswith("sqlite"):
+        return url
+    raise InputError(f"unsupported database URL scheme {url.split('://', 1)[0]!r}: use postgresql://…",
+                     field="database_url")
+
+
+def _resp(*parts: str) -> bytes:
+    """One Redis command in the protocol's array form (safe for any bytes in a password)."""
+    out = [f"*{len(parts)}\r\n".encode()]
+    for p in parts:
+        b = p.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def redis_call(port: int, *command: str, password: str | None = None, timeout: float = 0.5) -> bytes:
+    """Send one command to the local Redis (after AUTH when a password is given); the raw reply.
+    Raises OSError when nothing answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        if password is not None:
+            s.sendall(_resp("AUTH", password))
+            reply = s.recv(256)
+            if not reply.startswith(b"+OK"):
+                return reply
+        s.sendall(_resp(*command))
+        return s.recv(256)
+
+
+def _redis_ping(port: int, password: str | None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+        return redis_call(port, "PING", password=password).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# What orchard keeps in the folder; only these are tightened (the folder may be one the user also keeps other
+# things in, and those are not orchard's to change).
+_OWN_FILES = ("credentials.json", "state.json", "reviewers.json")
+_OWN_FOLDERS = ("argilla", "redis", "logs")
+
+
+def _make_private(data_dir: Path) -> None:
+    """The folder 700 and what orchard keeps in it owner-only: also tightens folders made by older orchard
+    versions, whose database and WAL were created 644 in 755 folders."""
+    os.chmod(data_dir, 0o700)
+    paths = [data_dir / f for f in _OWN_FILES]
+    for name in _OWN_FOLDERS:
+        if (data_dir / name).is_dir() and not (data_dir / name).is_symlink():
+            paths += [data_dir / name, *(data_dir / name).rglob("*")]
+    for path in paths:
+        if path.is_symlink() or not path.exists():
+            continue
+        os.chmod(path, 0o700 if path.is_dir() else stat.S_IMODE(path.stat().st_mode) & 0o700)
 
 
 def _alive(pid: int, needle: str) -> bool:
@@ -133,12 +207,24 @@ def _server_files() -> Path:
     return Path(str(resources.files("orchard.review") / "server"))
 
 
-def _spawn(cmd: list, log: Path, env: dict) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
+# What the server's processes create (the SQLite database, its WAL and SHM, logs) is readable by the owner only.
+UMASK = 0o077
+
+
+def _open_log(log: Path):
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
+def _spawn(cmd: list, log: Path, env: dict, stdin_text: str | None = None) -> subprocess.Popen:
+    with _open_log(log) as f:
         # A session of its own: the processes outlive the CLI command that started them, and stop as a group.
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL, umask=UMASK)
+    if stdin_text is not None:
+        proc.stdin.write(stdin_text.encode())
+        proc.stdin.close()
+    return proc
 
 
 def start_server(
@@ -153,13 +239,17 @@ def start_server(
 ) -> ServerInfo:
     """Start (or find running) the server kept in `data_dir` and return how to reach it.
 
-    Creates the server venv if needed, starts Redis (from PATH) on `redis_port` (a free one by default), migrates
-    the database and creates the owner on first start, then the API/UI process and the worker. Waits until the API
-    answers; on failure stops what it started and raises ServerError with the log's tail.
+    Creates the server venv if needed, starts Redis (from PATH, with a password) on `redis_port` (a free one by
+    default), migrates the database and creates the owner on first start, then the API/UI process and the worker.
+    `database_url` (postgresql://…) puts the data in PostgreSQL instead of SQLite in the folder; it is remembered
+    for later starts. Waits until the API answers; on failure stops what it started and raises ServerError with
+    the log's tail.
     """
     data_dir = Path(data_dir).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private(data_dir)
     creds = credentials(data_dir)
+    database_url = _remember_database(data_dir, database_url)
     health = server_health(data_dir)
     if health["running"]:
         return _info(data_dir, read_state(data_dir))
@@ -178,15 +268,17 @@ def start_server(
     launcher = str(_server_files() / "launch.py")
     logs = data_dir / "logs"
     home = data_dir / "argilla"
-    home.mkdir(exist_ok=True)
-    (data_dir / "redis").mkdir(exist_ok=True)
+    home.mkdir(exist_ok=True, mode=0o700)
+    (data_dir / "redis").mkdir(exist_ok=True, mode=0o700)
+    logs.mkdir(exist_ok=True, mode=0o700)
     redis_port = redis_port or free_port()
+    redis_password = creds["redis_password"]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
     env.update(
         ARGILLA_HOME_PATH=str(home),
         ARGILLA_DATABASE_URL=database_url or f"sqlite+aiosqlite:///{home / 'argilla.db'}?check_same_thread=False",
-        ARGILLA_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        ARGILLA_REDIS_URL=f"redis://:{redis_password}@127.0.0.1:{redis_port}/0",
         ARGILLA_SEARCH_ENGINE="orchard_sql",
         ARGILLA_AUTH_SECRET_KEY=creds["auth_secret_key"],
         ARGILLA_DATABASE_SQLITE_TIMEOUT="30",
@@ -200,21 +292,26 @@ def start_server(
     state = {"url": f"http://{host}:{port}", "host": host, "port": port, "redis_port": redis_port, "pids": pids,
              "env": str(venv_dir), "database": "postgresql" if postgres else "sqlite", "started_at": time.time()}
     try:
-        redis = _spawn([redis_bin, "--bind", "127.0.0.1", "--port", str(redis_port), "--dir", str(data_dir / "redis"),
-                        "--save", "", "--appendonly", "no", "--daemonize", "no"], logs / "redis.log", env)
+        # The password reaches Redis on its stdin ("-" reads configuration from there), so that no process
+        # listing shows it.
+        redis = _spawn([redis_bin, "-", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir",
+                        str(data_dir / "redis"), "--save", "", "--appendonly", "no", "--daemonize", "no"],
+                       logs / "redis.log", env, stdin_text=f"requirepass {redis_password}\n")
         pids["redis"] = redis.pid
         atomic_write_json(data_dir / "state.json", state)
-        _wait(lambda: _redis_ping(redis_port), 20, "Redis", logs / "redis.log", redis)
+        _wait(lambda: _redis_ping(redis_port, redis_password), 20, "Redis", logs / "redis.log", redis)
 
         marker = home / "orchard-initialized"
+        # A database given by URL is migrated at every start (cheap, idempotent): it may have been reset or
+        # upgraded behind the folder's back.
         if not marker.exists() or database_url:
             init_env = dict(env, ORCHARD_OWNER_API_KEY=creds["api_key"], ORCHARD_OWNER_PASSWORD=creds["password"])
-            with open(logs / "init.log", "ab") as f:
+            with _open_log(logs / "init.log") as f:
                 rc = subprocess.run([python, launcher, "init"], stdout=f, stderr=subprocess.STDOUT, env=init_env,
-                                    timeout=300).returncode
+                                    timeout=300, umask=UMASK).returncode
             if rc != 0:
                 raise ServerError(f"database initialisation failed:\n{_log_tail(logs / 'init.log')}")
-            marker.write_text("ok\n")
+            atomic_write_text(marker, "ok\n")
 
         server = _spawn([python, launcher, "serve", "--host", host, "--port", str(port)], logs / "server.log", env)
         pids["server"] = server.pid

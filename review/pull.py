@@ -166,6 +166,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict:
                    "calibration_applied": result["calibration_applied"]},
         "agreement": result["agreement"], "judge_agreement": result["judge_agreement"],
         "calibration": result["calibration"], "ties": result["ties"],
+        "min_submitted": result.get("min_submitted"),
     }
     atomic_write_json(out_dir / "agreement.json", summary)
     plots = _plots(result, out_dir)
@@ -208,11 +209,23 @@ def _plots(result: dict, out_dir: Path) -> list[str]:
     return made
 
 
+def _overlap_lines(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    line = f"A record counts once {m['used']} reviewer(s) submitted it"
+    if m["source"] == "dataset":
+        line += " (the overlap the dataset was pushed with)."
+    else:
+        line += f", as asked (the dataset was pushed with {m['pushed_with']})."
+    return [line, ""]
+
+
 def _report(s: dict, plots: list[str]) -> str:
     c = s["counts"]
     lines = ["# Review results", "",
              f"Accepted {c['accepted']}, rejected {c['rejected']}, ties {c['ties']}, still pending {c['pending']} "
              f"(edited by reviewers: {c['edited']}; decided by the calibrated judge: {c['calibration_applied']}).", "",
+             *_overlap_lines(s.get("min_submitted")),
              "## Agreement between reviewers", ""]
     for q, a in s["agreement"].items():
         lines.append(f"- **{q}** ({a['items']} items with 2+ reviews): Fleiss' kappa {a['fleiss_kappa']}, "

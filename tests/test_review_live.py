@@ -1,7 +1,12 @@
-"""The review package against a live Argilla 2.8 server that this test session starts (SQL search engine, Redis,
-worker): push, two reviewers annotating through the SDK, pull with agreement numbers checked by hand, the search
-engine's filters/sort/paging/text/progress/similarity, an interrupted push repeated, a restart, and the web UI
-in headless Chromium."""
+"""The review package against live Argilla 2.8 servers that this test session starts (SQL search engine, Redis,
+worker), one on SQLite and one on PostgreSQL (a throwaway cluster, started through `orchard review serve
+--database-url postgresql://…`): push, two reviewers annotating through the SDK, pull with agreement numbers
+checked by hand, the search engine's filters/sort/paging/text/progress/similarity, an interrupted push repeated,
+kill -9 while reviewers write and a restart, and the web UI in headless Chromium. Tests that take the `server`
+fixture run on both databases.
+
+Security: the server's folder and database files are private (checked as a real second local user), Redis
+refuses clients without the password, and no secret reaches a log, a process listing or state.json."""
 
 from __future__ import annotations
 
@@ -9,8 +14,13 @@ import base64
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,22 +34,77 @@ pytestmark = pytest.mark.server
 ARTIFACTS = Path(os.environ.get("ORCHARD_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / ".artifacts"))
 
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _shared_folder(prefix: str) -> Path:
+    """A fresh folder that other local users may enter (pytest's own tmp folder is 700 and would hide what the
+    server's modes do); removed by the caller."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(parent, 0o755)
+    return parent
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """One server per test session, on free ports, in a temporary folder."""
+def sqlite_server():
+    """One SQLite-backed server per test session, on free ports, in a folder other users could reach."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); the Argilla server needs Redis")
     from orchard.review.local_server import free_port, start_server, stop_server
     from orchard.review.server_env import ensure_server_env
 
     ensure_server_env()
-    folder = tmp_path_factory.mktemp("argilla")
+    parent = _shared_folder("orchard-review-")
+    folder = parent / "argilla"
     info = start_server(folder, port=free_port(), redis_port=free_port())
+    yield info
+    stop_server(folder)
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from pg_cluster import PgCluster, pg_bin
+
+    from orchard.review.local_server import free_port
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    cluster = PgCluster(free_port()).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_cluster, tmp_path_factory):
+    """A PostgreSQL-backed server, started the way a user does: `orchard review serve --database-url …`."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); the Argilla server needs Redis")
+    from orchard.review.local_server import credentials, free_port, start_server, stop_server
+    from orchard.review.server_env import ensure_server_env
+
+    ensure_server_env(postgres=True)
+    folder = tmp_path_factory.mktemp("argilla-pg")
+    cmd = [sys.executable, "-m", "orchard.cli", "review", "serve", "--dir", str(folder), "--port", str(free_port()),
+           "--database-url", pg_cluster.url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Argilla is up at" in proc.stdout
+    info = start_server(folder)  # finds it running (and the database it was started with)
+    creds = credentials(folder)
+    assert not [s for s in (pg_cluster.password, creds["redis_password"], creds["api_key"], creds["password"])
+                if s in proc.stdout + proc.stderr]
     yield info
     stop_server(folder)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(params=BACKENDS)
+def server(request):
+    """The server of one backend: tests taking it run on SQLite and on PostgreSQL."""
+    return request.getfixturevalue(f"{'pg' if request.param == 'postgresql' else request.param}_server")
+
+
+@pytest.fixture
 def client(server):
     from orchard.review.client import connect
 
@@ -77,11 +142,83 @@ def _server_ids(client, ds) -> dict:
     return {r["external_id"]: r["id"] for r in iter_records(client, ds.id, include=())}
 
 
-def test_credentials_file_is_private_and_server_local(server):
-    mode = stat.S_IMODE(os.stat(server.credentials_path).st_mode)
-    assert mode == 0o600
+def _modes(folder: Path) -> dict:
+    """{path relative to folder: mode} for the folder and everything in it."""
+    out = {".": stat.S_IMODE(folder.stat().st_mode)}
+    for p in folder.rglob("*"):
+        out[str(p.relative_to(folder))] = stat.S_IMODE(p.lstat().st_mode)
+    return out
+
+
+def test_server_folder_and_database_files_are_private(server):
     assert server.url.startswith("http://127.0.0.1:")
     assert server.api_key not in repr(server)
+    modes = _modes(server.data_dir)
+    folders = {p for p in modes if p == "." or (server.data_dir / p).is_dir()}
+    assert {p: m for p, m in modes.items() if p in folders and m != 0o700} == {}
+    assert {p: m for p, m in modes.items() if p not in folders and m != 0o600} == {}
+    assert {"credentials.json", "logs/server.log", "logs/worker.log", "logs/redis.log"} <= set(modes)
+    if server.data_dir.joinpath("argilla", "argilla.db").exists():  # SQLite: the database holds every API key
+        # WAL mode keeps its -wal and -shm files while the server runs; they hold recent writes (keys included).
+        assert {"argilla/argilla.db", "argilla/argilla.db-wal", "argilla/argilla.db-shm"} <= set(modes)
+
+
+def _as_user(user: str, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *cmd], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a second local user and switching to it needs root")
+def test_a_local_non_owner_cannot_read_the_keys(sqlite_server):
+    """As a real unprivileged local user: the owner's key (credentials.json, the database and its WAL) cannot be
+    read, while a world-readable file beside the server's folder can (so the denial comes from orchard's modes)."""
+    from pg_cluster import ensure_system_user
+
+    server, probe = sqlite_server, "orchard-probe"
+    ensure_system_user(probe)
+    control = server.data_dir.parent / "control.txt"
+    control.write_text("readable\n")
+    os.chmod(control, 0o644)
+    assert _as_user(probe, "cat", str(control)).stdout == "readable\n"
+    db = server.data_dir / "argilla" / "argilla.db"
+    secrets = [server.credentials_path, db, db.with_name("argilla.db-wal"), db.with_name("argilla.db-shm")]
+    assert server.api_key.encode() in db.read_bytes() + db.with_name("argilla.db-wal").read_bytes()
+    for path in secrets:
+        r = _as_user(probe, "cat", str(path))
+        assert r.returncode != 0 and "Permission denied" in r.stderr, (path, r.stdout[:200], r.stderr)
+    # Even with the folders opened up (an older orchard made them 755), the files themselves stay closed.
+    try:
+        os.chmod(server.data_dir, 0o755)
+        os.chmod(db.parent, 0o755)
+        for path in secrets:
+            r = _as_user(probe, "cat", str(path))
+            assert r.returncode != 0 and "Permission denied" in r.stderr, (path, r.stderr)
+        assert _as_user(probe, "ls", str(db.parent)).returncode == 0  # the folder was open: the file mode held
+    finally:
+        os.chmod(db.parent, 0o700)
+        os.chmod(server.data_dir, 0o700)
+
+
+def test_redis_refuses_clients_without_the_password_and_secrets_stay_hidden(server):
+    from orchard.review.local_server import credentials, read_state, redis_call
+
+    creds = credentials(server.data_dir)
+    port = read_state(server.data_dir)["redis_port"]
+    assert redis_call(port, "PING").startswith(b"-NOAUTH")
+    assert redis_call(port, "KEYS", "*").startswith(b"-NOAUTH")
+    assert redis_call(port, "PING", password="wrong").startswith(b"-WRONGPASS")
+    assert redis_call(port, "PING", password=creds["redis_password"]) == b"+PONG\r\n"
+    # No secret on any command line, in a log or in state.json.
+    secrets = [creds[k] for k in ("redis_password", "api_key", "password", "auth_secret_key")]
+    if creds.get("database_url"):
+        from sqlalchemy.engine import make_url
+
+        secrets.append(make_url(creds["database_url"]).password)
+    listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    assert "launch.py serve" in listing and "redis-server" in listing
+    texts = {"ps": listing, "state.json": (server.data_dir / "state.json").read_text()}
+    texts.update({p.name: p.read_text(errors="replace") for p in (server.data_dir / "logs").glob("*.log")})
+    leaks = [(name, i) for name, text in texts.items() for i, s in enumerate(secrets) if s in text]
+    assert leaks == []
 
 
 def test_push_annotate_pull_agreement(server, client, tmp_path):
@@ -199,6 +336,7 @@ def test_search_engine_filters_sort_paging_text_progress_similarity(server, clie
     rows = [_sft_row(200 + i, [1, 2, 3, 4, 5, 3, 2, 4][i], method="evol" if i % 2 else "self_instruct")
             for i in range(8)]
     rows[5]["messages"][0]["content"] = "Pruning pear trees in winter"
+    rows[6]["messages"][0]["content"] = "Poaching pears for a Crème brûlée tart"
     push_rows(client, rows, "search", "team", with_vectors=True)
     ds = client.datasets(name="search", workspace=client.workspaces(name="team"))
     ext = {v: k for k, v in _server_ids(client, ds).items()}
@@ -227,7 +365,10 @@ def test_search_engine_filters_sort_paging_text_progress_similarity(server, clie
     res = _search(client, ds, {"query": {"text": {"q": "pear wint*"}}})
     assert ids(res) == [rows[5]["id"]]
     res = _search(client, ds, {"query": {"text": {"q": "apples", "field": "instruction"}}})
-    assert res["total"] == 7
+    assert res["total"] == 6
+    # Accented words, in every field and in one (the database stores JSON with escaped non-ASCII characters)
+    assert ids(_search(client, ds, {"query": {"text": {"q": "BRÛLÉE pear*"}}})) == [rows[6]["id"]]
+    assert ids(_search(client, ds, {"query": {"text": {"q": "crème", "field": "instruction"}}})) == [rows[6]["id"]]
     # Suggestion filter: the judge suggested "reject" for scores below the middle of the 1-5 scale
     res = _search(client, ds, {"filters": {"and": [{"type": "terms", "scope": {"entity": "suggestion",
                                                     "question": "decision", "property": "value"},
@@ -344,7 +485,64 @@ def test_cli_status_and_push(server, client, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "no dataset 'nope'" in r.output
 
 
-def test_web_ui_signs_in_and_shows_the_queue(server, client):
+def test_pull_waits_for_the_pushed_overlap_and_provenance_reads_plainly(server, client, tmp_path, monkeypatch):
+    """`pull` without --min-submitted decides only what the overlap recorded at push allows (the server's
+    "completed"); reviewers see provenance as labelled lines without the paths of the machine that made it."""
+    from typer.testing import CliRunner
+
+    from orchard.dataio import with_provenance, write_split
+    from orchard.review.cli import app
+
+    monkeypatch.setenv("ORCHARD_TEST_KEY", server.api_key)
+    monkeypatch.chdir(tmp_path)  # new reviewers' passwords land in ./argilla-reviewers.json
+    common = ["--url", server.url, "--api-key-env", "ORCHARD_TEST_KEY", "--workspace", "team", "--dataset", "overlap"]
+    rows = [_sft_row(600 + i, 4) for i in range(3)]
+    rows[0] = with_provenance(rows[0], method="grounded_table", table="/root/private/tables/clinic-visits",
+                              source_file="/home/ann/seeds/seeds.jsonl", table_gate=True,
+                              teacher={"model": "qwen-7b", "hosts": ["127.0.0.1:8000"]},
+                              grounding="age: 41\nvisits: 3")
+    write_split(tmp_path / "d", "train", rows)
+    r = CliRunner().invoke(app, ["push", str(tmp_path / "d"), "--min-submitted", "2", "--reviewer", "carol",
+                                 "--reviewer", "dave", *common])
+    assert r.exit_code == 0, r.output
+    assert (json.loads(r.stdout.split("\nreviewer passwords")[0])["pushed"],
+            json.loads(r.stdout.split("\nreviewer passwords")[0])["min_submitted"]) == (3, 2)
+
+    ds = client.datasets(name="overlap", workspace=client.workspaces(name="team"))
+    shown = {r.id: r for r in ds.records()}[rows[0]["id"]].fields
+    assert shown["context"] == "age: 41\nvisits: 3"
+    prov = shown["provenance"].splitlines()
+    assert prov[:2] == ["Method: grounded_table", "Seed id: s0"]
+    assert {"Teacher model: qwen-7b", "Teacher hosts: 127.0.0.1:8000", "Judge overall: 4", "Table: clinic-visits",
+            "Source file: seeds.jsonl", "Table gate: yes"} <= set(prov)
+    assert not any(s in shown["provenance"] for s in ("/root", "/home", "{", "grounding", "age: 41"))
+
+    ids = _server_ids(client, ds)
+    carol, dave = _reviewer_client(server, client, "carol"), _reviewer_client(server, client, "dave")
+    for row in rows:
+        _respond(carol, ids[row["id"]], {"decision": "accept"})
+    _respond(dave, ids[rows[0]["id"]], {"decision": "accept"})
+    assert (ds.progress()["completed"], ds.progress()["pending"]) == (1, 2)  # the server's own view
+
+    r = CliRunner().invoke(app, ["pull", str(tmp_path / "d"), "--out", str(tmp_path / "out"), *common])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout.split("\nreport:")[0])
+    assert (got["counts"]["accepted"], got["counts"]["pending"]) == (1, 2)
+    assert got["min_submitted"] == {"used": 2, "pushed_with": 2, "source": "dataset"}
+    assert "once 2 reviewer(s) submitted it (the overlap the dataset was pushed with)" in \
+        (tmp_path / "out" / "report.md").read_text()
+    r = CliRunner().invoke(app, ["pull", str(tmp_path / "d"), "--out", str(tmp_path / "out1"),
+                                 "--min-submitted", "1", *common])
+    got = json.loads(r.stdout.split("\nreport:")[0])
+    assert (got["counts"]["accepted"], got["counts"]["pending"]) == (3, 0)
+    assert got["min_submitted"] == {"used": 1, "pushed_with": 2, "source": "option"}
+
+
+def test_web_ui_signs_in_and_shows_the_queue(sqlite_server):
+    from orchard.review.client import connect
+
+    server = sqlite_server
+    client = connect(server.url, api_key=server.api_key)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed")
@@ -371,26 +569,106 @@ def test_web_ui_signs_in_and_shows_the_queue(server, client):
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
-def test_restart_keeps_everything(server, client):
-    from orchard.review.local_server import server_health, start_server, stop_server
+def _kill9(data_dir: Path) -> list:
+    """SIGKILL every process of the server at once (no shutdown code runs), as a crash or the OOM killer would."""
+    from pg_cluster import wait_gone
 
+    from orchard.review.local_server import _reap, read_state
+
+    pids = list(read_state(data_dir)["pids"].values())
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)
+    for pid in pids:
+        _reap(pid)  # our own children (the SQLite server was started by this process) must not linger as zombies
+    wait_gone(pids)
+    return pids
+
+
+def _sql(server, request, statement: str) -> None:
+    """One statement on the server's database, written directly (the server is down)."""
+    from orchard.review.local_server import credentials
+
+    if credentials(server.data_dir).get("database_url"):
+        request.getfixturevalue("pg_cluster").sql(statement)
+        return
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "argilla" / "argilla.db") as db:
+        db.execute(statement)
+
+
+def _write_responses(server, ids: list, acked: list, errors: list) -> None:
+    """Submit an answer to each record, one by one as reviewers do; stop at the first failure."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, headers={"X-Argilla-Api-Key": server.api_key}, timeout=10) as http:
+        for rid in ids:
+            try:
+                r = http.post(f"/api/v1/records/{rid}/responses",
+                              json={"values": {"decision": {"value": "accept"}, "quality": {"value": 4}},
+                                    "status": "submitted"})
+            except httpx.HTTPError as e:  # the server died under us
+                errors.append(type(e).__name__)
+                return
+            if r.status_code != 201:
+                errors.append(r.status_code)
+                return
+            acked.append(rid)
+
+
+def test_kill9_while_reviewers_write_then_restart_loses_nothing(server, client, request):
+    """Responses are written one by one while every server process gets SIGKILL (on PostgreSQL the database also
+    stops as in a crash: no flush, crash recovery at the next start). After a restart on the same folder each
+    acknowledged response is there with its values, progress counts them, the text index answers, the folder is
+    private again (loosened as older orchard versions left it), and reviewers carry on."""
+    from orchard.review.client import iter_records
+    from orchard.review.local_server import read_state, start_server
     from orchard.review.push import push_rows
 
-    rows = [_sft_row(500, 4), _sft_row(501, 2)]
-    push_rows(client, rows, "restart", "team")
-    ds = client.datasets(name="restart", workspace=client.workspaces(name="team"))
-    _respond(client, _server_ids(client, ds)[rows[0]["id"]], {"decision": "accept", "quality": 4})
-    before = ds.progress(with_users_distribution=True)
-    assert before["completed"] == 1
-    assert stop_server(server.data_dir)
-    assert not server_health(server.data_dir)["running"]
-    port = int(server.url.rsplit(":", 1)[1])
-    info = start_server(server.data_dir, port=port)
-    assert info.api_key == server.api_key
-    ds = client.datasets(name="restart", workspace=client.workspaces(name="team"))
-    assert ds.progress(with_users_distribution=True) == before
-    recs = list(ds.records(with_responses=True))
-    answered = {r.id: r for r in recs}[rows[0]["id"]]
-    assert len(recs) == 2 and answered.responses["decision"][0].value == "accept"
-    assert answered.responses["quality"][0].value == 4
-    assert _search(client, ds, {"query": {"text": {"q": "orchard 501"}}})["total"] == 1  # text index intact
+    rows = [_sft_row(700 + i, 1 + i % 5) for i in range(60)]
+    push_rows(client, rows, "durable", "team")
+    ds = client.datasets(name="durable", workspace=client.workspaces(name="team"))
+    by_ext = _server_ids(client, ds)
+    record_ids = [by_ext[r["id"]] for r in rows]
+    acked, errors = [], []
+    writer = threading.Thread(target=_write_responses, args=(server, record_ids, acked, errors))
+    writer.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 20 and writer.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    postgres = read_state(server.data_dir)["database"] == "postgresql"
+    _kill9(server.data_dir)
+    if postgres:
+        request.getfixturevalue("pg_cluster").crash()
+    writer.join(30)
+    killed_at = len(acked)
+    assert 20 <= killed_at < len(rows) and errors, (killed_at, errors)
+    if postgres:
+        request.getfixturevalue("pg_cluster").restart()
+
+    # What a crash between argilla-server's two commits (the response, then its record's status) leaves: an
+    # answered record still "pending". The next start repairs it from the responses.
+    _sql(server, request, f"UPDATE records SET status = 'pending' WHERE external_id = '{rows[0]['id']}'")
+    # A folder as older orchard versions left it (755 folders, 644 database and logs) is tightened at start.
+    for p in [server.data_dir, *server.data_dir.rglob("*")]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    info = start_server(server.data_dir, port=int(server.url.rsplit(":", 1)[1]))
+    assert info.api_key == server.api_key and info.url == server.url
+    assert set(_modes(server.data_dir).values()) == {0o700, 0o600}
+    assert "orchard: repaired the status of" in (server.data_dir / "logs" / "server.log").read_text()
+
+    records = {r["id"]: r for r in iter_records(client, ds.id, include=("responses",))}
+    stored = {rid for rid, r in records.items() if r.get("responses")}
+    lost = set(acked) - stored
+    print(f"durability[{'postgresql' if postgres else 'sqlite'}]: {killed_at} acknowledged before kill -9, "
+          f"{len(stored)} stored after restart, {len(lost)} lost")
+    # Every acknowledged response survived; at most the one in flight at the kill was stored unacknowledged.
+    assert lost == set() and len(stored) - len(acked) <= 1
+    assert {(v["decision"]["value"], v["quality"]["value"]) for rid in stored
+            for v in [records[rid]["responses"][0]["values"]]} == {("accept", 4)}
+    assert ds.progress() == {"total": 60, "completed": len(stored), "pending": 60 - len(stored)}
+    assert _search(client, ds, {"query": {"text": {"q": "orchard 759"}}})["total"] == 1  # text index intact
+
+    errors.clear()
+    _write_responses(server, [i for i in record_ids if i not in stored], acked, errors)  # reviewers carry on
+    assert errors == [] and ds.progress()["completed"] == len(rows)

@@ -104,6 +104,37 @@ def _skip_unwatched_events() -> None:
             module.notify_response_event_v1 = resp
 
 
+def _repair_record_status() -> int:
+    """Set each record's status from its submitted responses, where they disagree; the number repaired.
+
+    argilla-server commits a response, then updates the record's status in a second transaction. A crash between
+    the two (kill -9, OOM, power) keeps the response but leaves its record "pending" for good: progress never
+    completes and the record stays in other reviewers' queues. Run at start, before requests are served.
+    """
+    from sqlalchemy import case, cast, func, select, update
+
+    from argilla_server.database import sync_engine
+    from argilla_server.enums import RecordStatus, ResponseStatus
+    from argilla_server.models import Dataset, Record, Response
+
+    submitted = (select(func.count()).select_from(Response)
+                 .where(Response.record_id == Record.id, Response.status == ResponseStatus.submitted)
+                 .scalar_subquery())
+    needed = (select(Dataset.distribution["min_submitted"].as_integer())
+              .where(Dataset.id == Record.dataset_id, Dataset.distribution["strategy"].as_string() == "overlap")
+              .scalar_subquery())
+    # Cast to the column's type: PostgreSQL compares and assigns an enum column only with its own enum type.
+    wanted = cast(case((submitted >= needed, RecordStatus.completed.value), else_=RecordStatus.pending.value),
+                  Record.status.type)
+    with sync_engine.begin() as conn:
+        result = conn.execute(update(Record).where(needed.is_not(None), Record.status != wanted)
+                              .values(status=wanted).execution_options(synchronize_session=False))
+    if result.rowcount:
+        print(f"orchard: repaired the status of {result.rowcount} record(s) that an interrupted write had left "
+              "stale", flush=True)
+    return result.rowcount
+
+
 def init(api_key: str, password: str) -> None:
     from argilla_server.cli.database.migrate import migrate_db
     from argilla_server.cli.database.users.create_default import _create_default
@@ -118,6 +149,7 @@ def serve(host: str, port: int) -> None:
 
     _skip_unwatched_events()
     _sqlite_tuning()  # idempotent; also brings databases made by older orchard versions up to date
+    _repair_record_status()
     from argilla_server import app  # the same object `python -m argilla_server start` serves
 
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -97,6 +97,15 @@ def _has_fulltext() -> bool:
     return _FULLTEXT["ok"]
 
 
+def _field_values() -> ColumnElement:
+    """A record's field values as one text, for LIKE: on PostgreSQL the decoded values (the stored JSON escapes
+    non-ASCII characters, so "brûlée" would never match its text), elsewhere the JSON text itself."""
+    if _dialect() == "postgresql":
+        values = func.json_each_text(Record.fields).table_valued("value")
+        return select(func.string_agg(values.c.value, " ")).select_from(values).scalar_subquery()
+    return cast(Record.fields, String)
+
+
 def _json_text(expr) -> ColumnElement:
     """A JSON sub-value as text, on SQLite and PostgreSQL alike (SQLite's json_extract keeps numbers numeric,
     and a number never equals a string there, hence the cast)."""
@@ -236,9 +245,7 @@ class _Query:
                 text_clause("orchard_records_fts MATCH :fts_query").bindparams(fts_query=match)
             )
             return literal_column("records.rowid").in_(hits)
-        haystack = func.lower(
-            Record.fields[query.field].as_string() if query.field else cast(Record.fields, String)
-        )
+        haystack = func.lower(Record.fields[query.field].as_string() if query.field else _field_values())
         conds = []
         for token in tokens:
             token = token.rstrip("*")
