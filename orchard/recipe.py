@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import field_validator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from orchard.errors import InputError
 
@@ -85,6 +85,15 @@ class WinRateConfig(_Strict):
     temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of the policies' answers")
     include_base: bool = True
     judge: dict[str, Any] = Field(default_factory=dict, description="synth PreferencesConfig fields for the judge")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_fields(cls, v: dict) -> dict:
+        # Checked here, so that `orchard validate` catches a bad judge field, not the eval stage an hour later.
+        from orchard.synth.methods_config import PreferencesConfig
+
+        PreferencesConfig.model_validate({"judge": "pairwise", **v})
+        return v
 
 
 class RLAIFConfig(_Strict):
