@@ -48,6 +48,10 @@ def _judged_scores(judged_dir: Path, candidates_dir: Path) -> tuple[list[float],
         a, b = c["completions"][0].strip(), c["completions"][1].strip()
         score = 1.0 if chosen == a and chosen != b else 0.0 if chosen == b and chosen != a else 0.5
         decided[c["id"]] = (score, bool(pw.get("orders_agree", True)))
+    # Identical answers need no judge: a tie whichever way it is asked.
+    for c in cands:
+        if c["id"] not in decided and c["completions"][0].strip() == c["completions"][1].strip():
+            decided[c["id"]] = (0.5, True)
     errors = 0
     rej = Path(judged_dir) / "rejected.parquet"
     if rej.exists():
@@ -59,10 +63,6 @@ def _judged_scores(judged_dir: Path, candidates_dir: Path) -> tuple[list[float],
                 decided[r["parent_id"]] = (0.5, bool((detail.get("pairwise") or {}).get("orders_agree", False)))
             else:
                 errors += 1
-    # Identical answers need no judge: a tie whichever way it is asked.
-    for c in cands:
-        if c["id"] not in decided and c["completions"][0].strip() == c["completions"][1].strip():
-            decided[c["id"]] = (0.5, True)
     order = [c["id"] for c in cands if c["id"] in decided]
     return [decided[i][0] for i in order], [decided[i][1] for i in order], errors, names
 

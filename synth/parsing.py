@@ -316,4 +316,9 @@ def parse_pairwise(text: str) -> str:
     m = re.fullmatch(r"\W*(?:response\s*)?(a|b|tie)\W*", text.strip(), re.I)
     if m:
         return m.group(1).lower()
+    # Small judges answer in a sentence: "The answer is: B", "The correct answer is A: ...", "Response B".
+    # The letter must be a capital standing alone, so that the article in "A credit card is ..." never counts.
+    m = re.search(r"(?i:answer|response|choice|option)(?:\s+(?i:is))?\s*[:\-]?\s*\(?\b([AB])\b(?![a-z'])", text)
+    if m:
+        return m.group(1).lower()
     raise ParseError("pairwise:no_verdict", text[:200])

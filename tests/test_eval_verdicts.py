@@ -74,3 +74,17 @@ def test_stage_verdicts_flag_a_perplexity_jump():
     m = {"perplexity": {"base": 160.0, "sft": 158.0, "dpo": 448.0}}
     lines = regressions(v, m)
     assert len(lines) == 1 and "dpo raises held-out perplexity from 158 to 448" in lines[0]
+
+
+def test_a_small_judge_answering_in_a_sentence_still_gives_a_verdict():
+    """SmolLM2-135M's own replies to the one-letter judge prompt (from the quickstart's call log)."""
+    import pytest
+
+    from orchard.synth.parsing import ParseError, parse_pairwise
+
+    assert parse_pairwise("The answer is: B") == "b"
+    assert parse_pairwise("The correct answer is A: 1") == "a"
+    assert parse_pairwise("Response B") == "b"
+    for no_verdict in ("The best answer is:", "A credit card debt is a type of"):
+        with pytest.raises(ParseError):
+            parse_pairwise(no_verdict)
