@@ -10,6 +10,7 @@ from statistics import mean
 
 from .parsing import ParseError, parse_pairwise, parse_rating
 from .self_instruct import request_seed, user
+from .teacher import _replace
 from .templates import load_template
 
 
@@ -62,19 +63,35 @@ class Judge:
                         "model": self.model, **self.t_rate.provenance()})
         return out
 
+    def _template(self):
+        """The judge model's tokenizer (for its chat template), loaded once."""
+        if getattr(self, "_tok", None) is None:
+            from .magpie import load_tokenizer
+
+            self._tok = load_tokenizer(self.teacher.config.resolved_endpoints()[0].model)
+        return self._tok
+
     def pairwise_many(self, items: list[tuple[list[dict], str, str]]) -> list[Verdict | ParseError]:
         """For each (prompt messages, response a, response b): ask A=a,B=b and A=b,B=a; disagreement → tie."""
         from .teacher import ChatRequest
 
         reqs = []
+        prefill = self.t_pair.meta.get("prefill")
         for i, (p, a, b) in enumerate(items):
             for order, (x, y) in enumerate(((a, b), (b, a))):
-                reqs.append(ChatRequest(messages=user(self.t_pair.render(prompt=render_prompt(p), response_a=x,
-                                                                         response_b=y)),
-                                        params=dict(self.params), seed=request_seed(self.seed, 31),
-                                        json=self.pair_json,
-                                        tag=f"pairwise:{i}:{order}"))
+                msgs = user(self.t_pair.render(prompt=render_prompt(p), response_a=x, response_b=y))
+                if prefill:
+                    # The judge's answer is begun for it ("... is Response"): a small model then only has to
+                    # say the letter. Sent as raw text through /completions, in the judge model's own template.
+                    reqs.append(ChatRequest(prompt=self._template().apply_chat_template(
+                        msgs, tokenize=False, add_generation_prompt=True) + prefill, params=dict(self.params),
+                        seed=request_seed(self.seed, 31), tag=f"pairwise:{i}:{order}"))
+                    continue
+                reqs.append(ChatRequest(messages=msgs, params=dict(self.params), seed=request_seed(self.seed, 31),
+                                        json=self.pair_json, tag=f"pairwise:{i}:{order}"))
         res = self.teacher.chat_many(reqs) if reqs else []
+        if prefill:  # the verdict reads as one sentence with its beginning
+            res = [_replace(r, text=prefill + r.text) if r.ok else r for r in res]
         out: list[Verdict | ParseError] = []
         swap = {"a": "b", "b": "a", "tie": "tie"}
         for i in range(len(items)):

@@ -8,7 +8,7 @@ Rows record the template's name and version in their provenance, so a changed pr
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +23,7 @@ class PromptTemplate:
     version: str
     text: str
     path: str
+    meta: dict = field(default_factory=dict, compare=False)  # every "# key: value" header line
 
     def render(self, **values: object) -> str:
         try:
@@ -45,7 +46,7 @@ def parse_template(text: str, path: str, default_name: str) -> PromptTemplate:
     body = "\n".join(lines[i:]).strip("\n")
     if not body.strip():
         raise InputError("template has no prompt text after its header", path=path)
-    return PromptTemplate(meta.get("template", default_name), meta.get("version", "0"), body, path)
+    return PromptTemplate(meta.get("template", default_name), meta.get("version", "0"), body, path, meta)
 
 
 def load_template(name: str, overrides: Mapping[str, str | Path] | None = None) -> PromptTemplate:
