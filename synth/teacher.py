@@ -610,8 +610,8 @@ class Teacher:
         sensibly (429), so it does not count towards "the teacher is down".
         """
         ep.failures += 1
-        kind = reason.split(" (")[0].split(":")[0]
-        self._u["retries"][kind] = self._u["retries"].get(kind, 0) + 1
+        what = reason.split(" (")[0].split(":")[0]
+        self._u["retries"][what] = self._u["retries"].get(what, 0) + 1
         now = time.monotonic()
         if retry_after is not None:
             # The endpoint asked everyone to back off: keep all requests off it until then.

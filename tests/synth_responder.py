@@ -30,7 +30,7 @@ def _h(*parts) -> int:
 def responder(messages: list[dict], body: dict, messy: bool = True) -> str:
     p = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     h = _h(p, body.get("seed"), body.get("temperature"))
-    if p.startswith("Come up with"):
+    if p.startswith("Come up with") and "starting at Task" in p:
         count = int(re.search(r"Come up with (\d+)", p).group(1))
         first = int(re.search(r"starting at Task (\d+)", p).group(1))
         tasks = []
