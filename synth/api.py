@@ -57,6 +57,8 @@ def _open_teacher(teacher, work_dir: Path, use_cache: bool):
 
 def _read_folder(folder, what: str) -> list[dict]:
     folder = Path(folder)
+    if not folder.exists():
+        raise InputError("not found", path=folder)
     if not (folder / "train.parquet").exists():
         raise InputError(f"not a {what} dataset folder (no train.parquet)", path=folder)
     return read_rows(folder)
@@ -183,10 +185,17 @@ def judge_stage(sft_dir, out_dir: Path, work_dir: Path, config: JudgeConfig, tea
         if owned:
             t.close()
     man["min_overall"] = config.min_overall
+    man["outcome"] = ledger.outcome(len(kept), what="rows")
     return man
 
 
 def _pref_finish(out_dir, ledger, pairs, config, t, title):
+    man = _pref_result(out_dir, ledger, pairs, config, t, title)
+    man["outcome"] = ledger.outcome(len(pairs), what="pairs")
+    return man
+
+
+def _pref_result(out_dir, ledger, pairs, config, t, title):
     scores = []
     for p in pairs:
         prov = json.loads(p["provenance"]) if isinstance(p["provenance"], str) else p["provenance"]
