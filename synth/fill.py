@@ -129,6 +129,8 @@ async def fill(pool, method: Method, num: int, keep: Callable[[list[dict]], list
             bar.close()
     # Whatever is still under way is not needed: num was reached, or the budget stopped the run.
     await _cancel([x.task for x in (*fetching, *finishing)])
+    if out.stopped_by is not None and getattr(pool.teacher, "_budget_why", None):
+        out.stopped_by = pool.teacher.budget_message()  # now that the calls in flight have landed: exact counts
     why = "unused:num_reached" if len(out.rows) >= num else "stopped:budget"
     for c in (*finishing, *waiting):
         _reject(method, ledger, c, why)

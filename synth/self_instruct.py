@@ -1,8 +1,8 @@
 """Self-Instruct (Wang et al., 2023): bootstrap new tasks from seed tasks, then write an instance for each.
 
 Round r sends up to ``prompts_per_round`` prompts, each listing ``num_prompt_instructions`` tasks (seed tasks plus up
-to ``num_machine_instructions`` generated ones from one answer of the round before, chosen by an RNG seeded with
-(config seed, round, prompt)), so a re-run asks exactly the same requests and the teacher's call cache answers them
+to ``num_machine_instructions`` generated ones from the answer of an earlier round's first prompt, chosen by an RNG
+seeded with (config seed, round, prompt)), so a re-run asks exactly the same requests and the teacher's call cache answers them
 for free. New tasks pass the instruction rules and the near-duplicate filter (ROUGE-L against seeds and everything
 kept so far). Then each task is classified (classification or not) and gets an input/output instance: output first
 for classification tasks, so labels are not all the same. ``fill`` runs it until ``num`` pairs are written.
@@ -87,10 +87,10 @@ class SelfInstruct(Method):
     they bring, each finished by a classification call and an instance call.
 
     Every request depends only on its own place and on the answers it is built from: prompt (r, p) draws its
-    seed tasks and, for r > 0, the machine tasks it shows from the answer of one prompt of round r - 1 (chosen
-    by the same seeded RNG), and a task's calls are seeded by the task's place (r, p, j). A lost answer thus
-    never shifts another request: the prompts built from it are not sent (``lost:dependency``) and nothing else
-    changes. Classification and instance calls go to the pool behind the bootstrap calls (priorities), so they
+    seed tasks and, for r > 0 and p > 0, the machine tasks it shows from the answer of the first prompt of an
+    earlier round (chosen by the same seeded RNG; first prompts show seed tasks only), and a task's calls are
+    seeded by the task's place (r, p, j). A lost answer thus never shifts another request: the prompts built
+    from it are not sent (``lost:dependency``) and nothing else changes. Classification and instance calls go to the pool behind the bootstrap calls (priorities), so they
     fill the slots the rounds leave free.
     """
 
@@ -129,8 +129,10 @@ class SelfInstruct(Method):
         cfg, si = self.cfg, self.si
         rng = random.Random(request_seed(cfg.seed, 1, u.rnd, u.p))
         machine: list[dict] = []
-        if si.num_machine_instructions and u.rnd > 0:
-            parent = self.prompts[(u.rnd - 1, rng.randrange(si.prompts_per_round))]
+        if si.num_machine_instructions and u.rnd > 0 and u.p > 0:
+            # From the first prompt of an earlier round, which shows seed tasks only: a lost answer blocks the
+            # prompts built from it, never a chain of prompts built from those.
+            parent = self.prompts[(rng.randrange(u.rnd), 0)]
             res = await asyncio.shield(parent.task)
             if not res.ok:
                 return ChatResult(error=f"not asked: its machine tasks come from bootstrap prompt r{parent.rnd}:"

@@ -55,12 +55,14 @@ class FaultPlan:
     then ``probs`` (fault -> probability, the rest is ``ok``), drawn from a seeded RNG.
 
     ``per_prompt_max``: a prompt meets at most this many faults, so a test's retries surely end.
+    ``targets``: prompt substring -> fault that every prompt containing it meets, every time (a lost item).
     """
 
     def __init__(self, probs: Optional[dict[str, float]] = None, sequence: Optional[list[str]] = None,
                  seed: int = 0, retry_after: float = 1.0, timeout_sleep_s: float = 2.0,
-                 per_prompt_max: Optional[int] = None):
-        for f in list(probs or {}) + list(sequence or []):
+                 per_prompt_max: Optional[int] = None, targets: Optional[dict[str, str]] = None):
+        self.targets = dict(targets or {})
+        for f in list(probs or {}) + list(sequence or []) + list(self.targets.values()):
             if f not in FAULTS:
                 raise ValueError(f"unknown fault {f!r}; known: {FAULTS}")
         if probs and sum(probs.values()) > 1:
@@ -76,6 +78,9 @@ class FaultPlan:
 
     def next(self, prompt: str) -> str:
         with self._lock:
+            hit = next((f for k, f in self.targets.items() if k in prompt), None)
+            if hit is not None:
+                return hit
             if self.sequence:
                 f = self.sequence.popleft()
             else:

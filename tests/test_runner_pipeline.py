@@ -111,6 +111,7 @@ teacher:
 synth:
   method: grounded
   num: 20
+  min_num: 10                        # 10 records x 2 questions: some fall to the filters
   grounded:
     table: run:tabular
     max_rows: 10
