@@ -134,27 +134,12 @@ synth:
 
 
 def test_a_stage_short_of_its_min_num_stops_the_run_and_says_so(tmp_path, srv):
-    p = tmp_path / "s.yaml"
-    p.write_text(f"""
-name: short
-runs_dir: {tmp_path / 'runs'}
-seeds:
-  path: {REPO / 'data' / 'seeds' / 'self_instruct_seed_tasks.jsonl'}
-  limit: 40
-teacher:
-  base_url: {srv.base_url}
-  model: fake
-  backoff_base_s: 0.01
-  backoff_max_s: 0.05
-synth:
-  num: 30
-  self_instruct: {{max_rounds: 1, prompts_per_round: 2}}
-judge:
-  min_overall: null
-""")
+    _recipe(tmp_path, srv)
+    short = ["--set", "synth.self_instruct.max_rounds=1", "--set", "synth.self_instruct.prompts_per_round=2"]
     exe = Path(sys.executable).with_name("orchard")
-    r = __import__("subprocess").run([str(exe), "run", str(p)], capture_output=True, text=True, timeout=300)
-    run = tmp_path / "runs" / "short"
+    r = __import__("subprocess").run([str(exe), "run", str(tmp_path / "r.yaml"), *short], capture_output=True,
+                                     text=True, timeout=300)
+    run = tmp_path / "runs" / "pipe"
     assert r.returncode == 4, r.stderr
     n = len(read_rows(run / "synth"))
     assert f"synth: stopped short: {n} of 30 pairs written; stopped by self_instruct.max_rounds=1" in r.stderr
@@ -164,6 +149,7 @@ judge:
     assert report[2].startswith(f"- **synth: stopped short: {n} of 30 pairs written")
     # Asking for what it can give (min_num) lets the run go on; the synth stage is run again from its cache.
     requests = srv.stats()["requests"]
-    out = Runner(load_recipe(p, [f"synth.min_num={n}"])).run()
+    sets = [x for x in short if x != "--set"] + [f"synth.min_num={n}"]
+    out = Runner(load_recipe(tmp_path / "r.yaml", sets)).run(to_stage="judge")
     assert [o.status for o in out] == ["skipped", "ran", "ran"] and srv.stats()["requests"] > requests
     assert len(read_rows(run / "synth")) == n

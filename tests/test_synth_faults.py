@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_teacher import FakeTeacher, FaultPlan  # noqa: E402
 from synth_responder import responder  # noqa: E402
+from test_synth_interrupt import _env, _wait_ok  # noqa: E402
 
 from orchard.dataio import provenance, read_manifest, read_rows  # noqa: E402
 from orchard.runner import run_standalone  # noqa: E402
@@ -235,24 +236,12 @@ def _cli(url: str, out: Path, num: int, *extra) -> list[str]:
             "--base-url", url, "--model", "fake", "--num", str(num), "--concurrency", "8", *extra]
 
 
-def _env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-def _wait(srv, n: int, p: subprocess.Popen, limit: float = 60) -> None:
-    deadline = time.time() + limit
-    while srv.stats()["requests"] < n:
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline, "the run never got going"
-        time.sleep(0.01)
-
-
 def test_a_second_writer_of_the_same_output_is_refused_and_told_who(tmp_path):
     out = tmp_path / "o"
     with FakeTeacher(responder=responder, latency_s=0.05) as srv:
         first = subprocess.Popen(_cli(srv.base_url, out, 200), env=_env(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
-        _wait(srv, 10, first)
+        _wait_ok(srv, 10, first)
         r = subprocess.run(_cli(srv.base_url, out, 200), env=_env(), capture_output=True, text=True, timeout=60)
         first.kill()
         first.wait()
@@ -270,7 +259,7 @@ def test_sigkill_with_truncation_then_resume_on_a_healthy_teacher_is_the_clean_r
     with FakeTeacher(responder=responder, faults=plan, latency_s=0.01) as bad:
         p = subprocess.Popen(_cli(bad.base_url, out, num), env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        _wait(bad, 60, p)
+        _wait_ok(bad, 60, p)
         p.kill()
         p.wait()
         assert bad.stats()["faults"].get("truncated", 0) > 0
