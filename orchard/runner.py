@@ -330,9 +330,6 @@ def run_standalone(fn: Callable[..., dict], out: str | Path, *args, name: str = 
 
 
 def _standalone(fn, out: Path, work: Path, args, name, config, inputs, kwargs) -> dict:
-    for k, v in (inputs or {}).items():
-        if not Path(v).exists():
-            raise InputError("not found", path=v, field=k)
     input_hashes = {k: {"path": str(v), "hash": tree_hash(v, ignore=[MANIFEST])} for k, v in (inputs or {}).items()}
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

@@ -117,13 +117,14 @@ class CallLog:
         return ids
 
     # -- reading ---------------------------------------------------------------------------------
-    def lookup(self, key: str) -> Optional[dict]:
+    def lookup(self, key: str, truncated_ok: bool = False) -> Optional[dict]:
         """The latest successful, paid response for ``key``, or None. A cut-off answer (finish_reason=length) is
-        never one: logs written before cut-off answers were refused may hold some, and they are asked again."""
+        not one unless ``truncated_ok`` (the caller accepted it as whole): logs written before cut-off answers were
+        refused may hold some, and they are asked again."""
+        cut = "" if truncated_ok else " AND finish_reason IS NOT 'length'"
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM calls WHERE key=? AND status='ok' AND cached=0 AND finish_reason IS NOT 'length' "
-                "ORDER BY id DESC LIMIT 1", (key,)
+                f"SELECT * FROM calls WHERE key=? AND status='ok' AND cached=0{cut} ORDER BY id DESC LIMIT 1", (key,)
             ).fetchone()
         return None if row is None else dict(row)
 

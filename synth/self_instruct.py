@@ -199,7 +199,8 @@ class SelfInstruct(Method):
             res = await pool.submit(ChatRequest(
                 messages=user(self.t_cls.render(instruction=one_line(t.instruction))),
                 params={"temperature": 0.0, "max_tokens": 8},
-                seed=request_seed(cfg.seed, 3, *t.slot), tag=f"classify:{t.id}"), self.P_CLASSIFY)
+                seed=request_seed(cfg.seed, 3, *t.slot), tag=f"classify:{t.id}",
+                cut_ok=lambda text: parse_yes_no(text) is not None), self.P_CLASSIFY)
             if not res.ok:  # its instance prompt depends on the answer: not sent, the task is lost
                 return None, res, "classify"
             is_cls = bool(parse_yes_no(res.text))

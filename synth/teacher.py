@@ -85,7 +85,9 @@ class ChatRequest:
     of one prompt (distinct seeds or sample indexes) are N distinct cached calls. ``tag`` is for tracing
     (an item id) and is not part of the key. ``json`` asks for a JSON object (None: the config decides).
     ``check(text)`` returns why an answer stops inside the expected format (None: complete); such an answer is
-    treated like a cut-off one: asked again, never cached as good. Not part of the key.
+    treated like a cut-off one: asked again, never cached as good. ``cut_ok(text)``: True when an answer cut off at
+    max_tokens is whole all the same (a yes/no question, read from its first yes or no, which more tokens cannot
+    change). Neither is part of the key.
     """
 
     messages: list[dict]
@@ -95,6 +97,7 @@ class ChatRequest:
     tag: Optional[str] = None
     json: Optional[bool] = None
     check: Optional[Callable[[str], Optional[str]]] = None
+    cut_ok: Optional[Callable[[str], bool]] = None
 
 
 @dataclass
@@ -406,7 +409,7 @@ class Teacher:
         st = self._loop_state()
         key = self.request_key(req)
         if self.use_cache:
-            row = self.log.lookup(key)
+            row = self.log.lookup(key, truncated_ok=req.cut_ok is not None)
             if row is not None:
                 return self._from_cache(row, req, key)
         # The same request twice in one batch: pay once, share the answer.
@@ -518,7 +521,7 @@ class Teacher:
         request's ``check``): it is asked again, a cut-off one with twice the max_tokens up to the cap; after
         ``_MAX_BAD_ANSWERS`` more answers it is recorded as failed. Never returned, so never cached as good."""
         problem, kind = None, "bad_format"
-        if finish == "length":
+        if finish == "length" and not (req.cut_ok is not None and req.cut_ok(text)):
             problem, kind = f"truncated (finish_reason=length at max_tokens={sent_max})", "truncated"
         elif want_json:
             try:

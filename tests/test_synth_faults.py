@@ -204,7 +204,7 @@ def test_errors_name_their_field_and_missing_paths_are_not_found(tmp_path):
     base = [str(exe), "synth", "instructions", "--out", str(tmp_path / "o"), "--model", "m"]
     r = subprocess.run(base + [str(tmp_path / "nope"), "--base-url", "http://127.0.0.1:9/v1"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and f"{tmp_path / 'nope'} [seeds]: not found" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"{tmp_path / 'nope'}: not found" in r.stderr, r.stderr
     r = subprocess.run(base + [str(SEEDS), "--base-url", "ftp://x/v1"], capture_output=True, text=True)
     assert r.returncode == 2 and "[--base-url]: base_url must look like http(s)://" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
