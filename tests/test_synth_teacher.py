@@ -611,3 +611,20 @@ def test_call_log_setup_retries_the_wal_switch_race(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="no such table"):  # other errors are not retried
         calllog._setup_retrying.retry_with(stop=calllog.stop_after_delay(0))(type("Bad", (), {
             "execute": lambda self, sql, *a: real.execute("SELECT * FROM nope")})())
+
+
+def test_cut_ok_keeps_a_cut_off_answer_that_is_whole_all_the_same(tmp_path):
+    db = tmp_path / "calls.sqlite"
+    yes = ChatRequest([{"role": "user", "content": "classify?"}], params={"max_tokens": 2},
+                      cut_ok=lambda s: "yes" in s.lower())
+    with FakeTeacher(responder=lambda m, b: "Yes it is one of those tasks", cut_at_max_tokens=True) as srv:
+        r = Teacher(cfg(srv.base_url), db).chat_many([yes], progress=False)[0]
+        assert r.ok and r.text == "Yes it" and srv.stats()["requests"] == 1
+        r = Teacher(cfg(srv.base_url), db).chat_many([yes], progress=False)[0]
+        assert r.cached and srv.stats()["requests"] == 1  # kept as whole: a re-run pays nothing
+    # Cut before its first word: not whole, asked again with more tokens.
+    with FakeTeacher(responder=lambda m, b: "Yes", faults=FaultPlan(sequence=["truncated"])) as srv:
+        r = Teacher(cfg(srv.base_url), None).chat_many([ChatRequest(yes.messages, params={"max_tokens": 2},
+                                                                   cut_ok=lambda s: "yes" in s.lower())],
+                                                       progress=False)[0]
+        assert r.ok and r.text == "Yes" and srv.stats()["max_tokens_seen"] == [2, 4]
