@@ -10,9 +10,10 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from orchard.errors import OrchardError
+from orchard.errors import EXIT_CODES_HELP, OrchardError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,7 +21,7 @@ err_console = Console(stderr=True)
 app = typer.Typer(
     name="orchard",
     help="Grow scarce domain data into aligned small models: synth → review → align.\n\n"
-    "Example: orchard run recipes/quickstart.yaml",
+    "Example: orchard run recipes/quickstart.yaml\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -67,6 +68,9 @@ def run_cmd(
 ):
     """Run a recipe's stages in order; unchanged stages are skipped, a killed stage resumes.
 
+    A stage that wrote fewer rows than its min_num (synth.min_num, default synth.num) stops the run; one that lost
+    items to the teacher after every retry does not, and is run again (from the call cache) next time.
+
     Example: orchard run recipes/quickstart.yaml --set sft.max_steps=40 --to sft
     """
     from orchard.recipe import load_recipe
@@ -85,13 +89,21 @@ def run_cmd(
     for col in ("stage", "status", "seconds", "output"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.stage, o.status, f"{o.seconds:.1f}", str(runner.stage_dir(o.stage)))
+        table.add_row(o.stage, o.status, f"{o.seconds:.1f}", escape(str(runner.stage_dir(o.stage))))
     console.print(table)
-    console.print(f"Run folder: [bold]{runner.run_dir}[/bold]   report: [bold]{runner.run_dir / 'report.md'}[/bold]")
+    console.print(f"Run folder: [bold]{escape(str(runner.run_dir))}[/bold]   "
+                  f"report: [bold]{escape(str(runner.run_dir / 'report.md'))}[/bold]")
     if any(o.status == "pending" for o in outcomes):
         p = next(o for o in outcomes if o.status == "pending")
-        console.print(f"[yellow]Stage '{p.stage}' is waiting: {p.result.get('message', '')}\n"
-                      f"Resume later with: orchard run {recipe} --from {p.stage}[/yellow]")
+        console.print(f"[yellow]Stage '{p.stage}' is waiting: {escape(p.result.get('message', ''))}\n"
+                      f"Resume later with: orchard run {escape(str(recipe))} --from {p.stage}[/yellow]")
+    for o in outcomes:
+        if o.exit_code:
+            err_console.print(f"{o.stage}: {o.message}", style="red" if o.exit_code > 3 else "yellow",
+                              markup=False, soft_wrap=True)
+    code = max((o.exit_code for o in outcomes), default=0)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("validate")
@@ -140,7 +152,8 @@ def main() -> None:
     try:
         app()
     except OrchardError as e:
-        err_console.print(f"[red]error:[/red] {e}")
+        # Not markup: "[instruction]" in "file:3 [instruction]: ..." is a field name, not a style.
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted: finished stages are kept; run the same command to resume[/yellow]")

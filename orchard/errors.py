@@ -1,6 +1,17 @@
-"""Errors a user can act on. The CLI prints these without a traceback and exits with code 2."""
+"""Errors a user can act on. The CLI prints these without a traceback and exits with code 2.
+
+Also the exit codes of commands that write data, which a script can rely on (``OUTCOME_EXIT``): a stage's result
+may carry an ``outcome`` whose ``status`` is one of its keys.
+"""
 
 from __future__ import annotations
+
+# complete: everything asked for was written; lost: items were lost to the teacher after every retry (a re-run
+# asks for them again); short: fewer rows than asked (min_num) were written; empty: nothing was kept.
+OUTCOME_EXIT = {"complete": 0, "lost": 3, "short": 4, "empty": 5}
+EXIT_CODES_HELP = ("Exit codes: 0 complete; 2 bad input or a teacher error to fix; 3 items lost after every retry "
+                   "(in rejected.parquet as lost:*; run again to ask again); 4 fewer rows than asked (--min-num, "
+                   "default --num); 5 nothing kept; 130 interrupted (run again to resume).")
 
 
 class OrchardError(Exception):

@@ -40,6 +40,11 @@ def _fmt(v) -> str:
 def write_run_report(run_dir: str | Path, stages: list[str]) -> Path:
     run_dir = Path(run_dir)
     lines = [f"# orchard run `{run_dir.name}`", ""]
+    # Stages that lost items or wrote fewer rows than asked come first, in their own words.
+    warn = [f"- **{name}: {oc.get('message', oc.get('status'))}**" for name in stages
+            for oc in [read_manifest(run_dir / name).get("result", {}).get("outcome") or {}]
+            if oc.get("status", "complete") != "complete"]
+    lines += warn + ([""] if warn else [])
     lines += ["| stage | seconds | headline numbers |", "|---|---:|---|"]
     sections = []
     for name in stages:

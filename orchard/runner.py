@@ -13,8 +13,11 @@ from rich.markup import escape
 import contextlib
 import fcntl
 import json
+import os
 import platform
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchard import __version__
 from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json, content_hash, read_manifest, tree_hash
-from orchard.errors import InputError, OrchardError
+from orchard.errors import OUTCOME_EXIT, InputError, OrchardError
 from orchard.recipe import STAGE_ORDER, stages_in
 
 console = Console(stderr=True)
@@ -78,9 +82,55 @@ class StageSpec:
 @dataclass
 class StageOutcome:
     stage: str
-    status: str  # ran | skipped | pending | failed
+    status: str  # ran | skipped | pending | lost | short | empty (the last three: the stage's own outcome)
     seconds: float = 0.0
     result: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return OUTCOME_EXIT.get(self.status, 0)
+
+    @property
+    def message(self) -> str:
+        return (self.result.get("outcome") or {}).get("message", "")
+
+
+def output_status(result: dict) -> str:
+    """A manifest's status: ``complete``, or ``incomplete`` when the stage's outcome says items were lost or fewer
+    rows than asked were written; the runner then runs it again (from the call cache) instead of skipping it."""
+    oc = (result or {}).get("outcome") or {}
+    return "complete" if oc.get("status", "complete") == "complete" else "incomplete"
+
+
+@contextlib.contextmanager
+def output_lock(lock_file: Path, what: Path):
+    """Hold an exclusive lock on ``lock_file`` while writing ``what``; another process holding it gets an
+    OrchardError naming it (pid, command, start time), instead of both paying for the same teacher calls."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as fh:  # not "w": that would wipe the holder's name before we know we hold it
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            raise OrchardError(f"another orchard process is writing {what} ({holder}); wait for it to finish or "
+                               "stop it, then run this again") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}, started "
+                 f"{datetime.now().astimezone().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        yield
+
+
+def remove_stale_temps(parent: Path, name: str) -> None:
+    """Remove the temporary and old folders that a killed writer of ``parent/name`` left (``atomic_dir``'s
+    ``.tmp-NAME-XXXXXXXX`` and ``.old-NAME-PID``), and only those: not another output's whose name starts alike.
+    Call it holding that output's lock."""
+    pat = re.compile(r"\.tmp-" + re.escape(name) + r"-[a-z0-9_]{8}|\.old-" + re.escape(name) + r"-\d+")
+    for p in Path(parent).glob(f".*-{name}-*"):
+        if pat.fullmatch(p.name) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 class Runner:
@@ -118,7 +168,9 @@ class Runner:
                 forced = force or (from_stage is not None and name == from_stage)
                 outcome = self._run_stage(name, forced)
                 outcomes.append(outcome)
-                if outcome.status == "pending":
+                # Pending: waiting for people. Short or empty: fewer rows than the recipe's min_num, so the later
+                # stages would train on less than asked; the run stops and says so (lost items alone do not stop it).
+                if outcome.status in ("pending", "short", "empty"):
                     break
             self._server_stack = None
         self._write_run_summary(outcomes)
@@ -129,15 +181,8 @@ class Runner:
 
     # ------------------------------------------------------------------ internals
 
-    @contextlib.contextmanager
     def _lock(self):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OrchardError(f"another orchard process is running {self.run_dir}; wait for it or stop it") from None
-            yield
+        return output_lock(self.run_dir / ".lock", self.run_dir)
 
     def fingerprint(self, name: str) -> tuple[str, dict, dict]:
         spec = self.specs[name]
@@ -166,8 +211,7 @@ class Runner:
         work = self.run_dir / ".work" / name
         self._prepare_work(work, fp)
         # A stage killed with SIGKILL leaves its temporary folder behind; we hold the run lock, so it is stale.
-        for stale in list(self.run_dir.glob(f".tmp-{name}-*")) + list(self.run_dir.glob(f".old-{name}-*")):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_temps(self.run_dir, name)
         teacher = self._teacher_for(name) if spec.needs_teacher(self.recipe) else None
         self.console.rule(f"[bold]{name}")
         started = datetime.now(timezone.utc)
@@ -185,8 +229,14 @@ class Runner:
             self.console.print(f"[yellow]… {name}: pending[/yellow] {p.result.get('message', '')}")
             return StageOutcome(name, "pending", time.perf_counter() - t0, p.result)
         seconds = time.perf_counter() - t0
-        self.console.print(f"[green]✓ {name}[/green] in {seconds:.1f}s → {final}")
-        return StageOutcome(name, "ran", seconds, result)
+        status = (result.get("outcome") or {}).get("status", "complete")
+        if status == "complete":
+            self.console.print(f"[green]✓ {name}[/green] in {seconds:.1f}s → {final}")
+            return StageOutcome(name, "ran", seconds, result)
+        color = "yellow" if status == "lost" else "red"
+        self.console.print(f"[{color}]! {name}[/{color}] in {seconds:.1f}s → {final}: "
+                           f"{escape(result['outcome'].get('message', status))}")
+        return StageOutcome(name, status, seconds, result)
 
     def _finish(self, name, tmp, fp, input_hashes, config, started, t0, result) -> None:
         """Write the manifest into the temporary output folder (renamed into place by the caller)."""
@@ -195,7 +245,7 @@ class Runner:
         seconds = time.perf_counter() - t0
         manifest = {
             "stage": name,
-            "status": "complete",
+            "status": output_status(result),
             "fingerprint": fp,
             "inputs": input_hashes,
             "config": config,
@@ -278,13 +328,20 @@ def run_standalone(fn: Callable[..., dict], out: str | Path, *args, name: str = 
     out = Path(out)
     work = Path(work_dir) if work_dir else out.parent / ".work" / out.name
     work.mkdir(parents=True, exist_ok=True)
+    # One writer per output: a second command on the same --out would pay for every call again.
+    with output_lock(work / ".lock", out):
+        remove_stale_temps(out.parent, out.name)
+        return _standalone(fn, out, work, args, name, config, inputs, kwargs)
+
+
+def _standalone(fn, out: Path, work: Path, args, name, config, inputs, kwargs) -> dict:
     input_hashes = {k: {"path": str(v), "hash": tree_hash(v, ignore=[MANIFEST])} for k, v in (inputs or {}).items()}
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         result = fn(*args, out_dir=tmp, work_dir=work, config=config, **kwargs) or {}
         manifest = {
-            "stage": name, "status": "complete",
+            "stage": name, "status": output_status(result),
             "fingerprint": content_hash({"inputs": input_hashes,
                                          "config": config.model_dump(mode="json") if config is not None else None}, n=32),
             "inputs": input_hashes,

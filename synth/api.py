@@ -57,6 +57,8 @@ def _open_teacher(teacher, work_dir: Path, use_cache: bool):
 
 def _read_folder(folder, what: str) -> list[dict]:
     folder = Path(folder)
+    if not folder.exists():
+        raise InputError("not found", path=folder)
     if not (folder / "train.parquet").exists():
         raise InputError(f"not a {what} dataset folder (no train.parquet)", path=folder)
     return read_rows(folder)
@@ -114,9 +116,12 @@ def _load_seed_rows(seeds_dir) -> list[dict]:
 
 
 def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthConfig, teacher) -> dict:
-    """Seeds (a seeds folder or a seed file; unused by ``grounded``) → SFT folder + rejected.parquet + report.md."""
+    """Seeds (a seeds folder or a seed file; unused by ``grounded``) → SFT folder + rejected.parquet + report.md.
+
+    Generation goes on until ``config.num`` pairs pass every filter (``fill``), or a cap stops it: the method's own
+    (rounds, seeds, sources) or the teacher's budget. The result's ``outcome`` says how it ended."""
     from .evol import Evol
-    from .filters import final_filters
+    from .fill import RowKeeper
     from .grounded import Grounded
     from .magpie import Magpie
     from .self_instruct import SelfInstruct
@@ -128,19 +133,10 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
     t, tprov, owned = _open_teacher(teacher, work_dir, config.use_cache)
     ledger = Ledger()
     try:
-        method = {"self_instruct": SelfInstruct, "evol": Evol, "grounded": Grounded, "magpie": Magpie}[config.method]
-        runner = method(config, t, ledger, tprov)
-        rows = runner.run(seeds)
-        rows = final_filters(rows, config.filters, ledger, step="final")
-        kept, seen = [], set()
-        for r in rows:
-            r["id"] = content_hash({"messages": r["messages"]})  # masking may have changed the text
-            if r["id"] in seen:
-                prompt = next(m["content"] for m in r["messages"] if m["role"] == "user")
-                ledger.reject(prompt, "exact_dup", "final", r["seed_id"], r["id"])
-                continue
-            seen.add(r["id"])
-            kept.append(r)
+        method = {"self_instruct": SelfInstruct, "evol": Evol, "grounded": Grounded, "magpie": Magpie}[config.method](
+            config, t, ledger, tprov)
+        got = method.run(seeds, RowKeeper(config.filters, ledger))
+        kept = got.rows
         prompts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in kept]
         responses = [r["messages"][-1]["content"] for r in kept]
         sem = config.filters.semantic
@@ -149,11 +145,10 @@ def instructions_stage(seeds_dir, out_dir: Path, work_dir: Path, config: SynthCo
     finally:
         if owned:
             t.close()
+    stopped = got.stopped_by or (f"{method.cap} reached" if got.exhausted else None)
     man.update({"method": config.method, "seed": config.seed, "num_target": config.num,
-                "seeds": len(seeds)})
-    if hasattr(runner, "attempts"):  # methods that count attempts against a cap (Magpie)
-        man["attempts"] = {"items_tried": runner.attempts, "cap": runner.max_attempts(),
-                           "stopped_by_cap": len(kept) < config.num}
+                "seeds": len(seeds), "outcome": ledger.outcome(len(kept), config.num, config.min_num, stopped,
+                                                              "pairs")})
     return man
 
 
@@ -191,10 +186,17 @@ def judge_stage(sft_dir, out_dir: Path, work_dir: Path, config: JudgeConfig, tea
         if owned:
             t.close()
     man["min_overall"] = config.min_overall
+    man["outcome"] = ledger.outcome(len(kept), what="rows")
     return man
 
 
 def _pref_finish(out_dir, ledger, pairs, config, t, title):
+    man = _pref_result(out_dir, ledger, pairs, config, t, title)
+    man["outcome"] = ledger.outcome(len(pairs), what="pairs")
+    return man
+
+
+def _pref_result(out_dir, ledger, pairs, config, t, title):
     scores = []
     for p in pairs:
         prov = json.loads(p["provenance"]) if isinstance(p["provenance"], str) else p["provenance"]

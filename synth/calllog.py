@@ -117,13 +117,23 @@ class CallLog:
         return ids
 
     # -- reading ---------------------------------------------------------------------------------
-    def lookup(self, key: str) -> Optional[dict]:
-        """The latest successful, paid response for ``key``, or None."""
+    def lookup(self, key: str, truncated_ok: bool = False) -> Optional[dict]:
+        """The latest successful, paid response for ``key``, or None. A cut-off answer (finish_reason=length) is
+        not one unless ``truncated_ok`` (the caller accepted it as whole): logs written before cut-off answers were
+        refused may hold some, and they are asked again."""
+        cut = "" if truncated_ok else " AND finish_reason IS NOT 'length'"
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM calls WHERE key=? AND status='ok' AND cached=0 ORDER BY id DESC LIMIT 1", (key,)
+                f"SELECT * FROM calls WHERE key=? AND status='ok' AND cached=0{cut} ORDER BY id DESC LIMIT 1", (key,)
             ).fetchone()
         return None if row is None else dict(row)
+
+    def paid(self) -> dict:
+        """What every paid call in this log cost together (answers and failures; cache hits are free)."""
+        with self._lock:
+            r = self._db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0), "
+                                 "COALESCE(SUM(cost_usd), 0) FROM calls WHERE cached=0").fetchone()
+        return {"calls": r[0], "tokens": r[1], "cost_usd": r[2]}
 
     def ok_keys(self) -> set[str]:
         with self._lock:

@@ -76,6 +76,7 @@ class CallPool:
             # The error that stopped the run (the first one raised), else this batch's first.
             stop = self.teacher._stop
             err = stop if stop is not None and any(e is stop for e in errs) else errs[0]
+            _final_counts(err, self.teacher)
             err.results = [f.result() if f.done() and not f.cancelled() and f.exception() is None else None
                            for f in futs]
             raise err
@@ -138,6 +139,14 @@ class CallPool:
                 running.set_result(None)
 
 
+def _final_counts(err: BaseException, teacher) -> None:
+    """A budget stop's message counts the calls that were still in flight when it was raised."""
+    from orchard.errors import BudgetExhausted
+
+    if isinstance(err, BudgetExhausted) and getattr(teacher, "_budget_why", None):
+        err.args = (teacher.budget_message(),)
+
+
 def _fail(fut: asyncio.Future, e: BaseException) -> None:
     if not fut.done():
         fut.set_exception(e)
@@ -184,6 +193,7 @@ async def run_with_pool(teacher, main: Callable[[CallPool], Awaitable[T]], grace
         failed = True
         teacher._stop = teacher._stop or e  # nothing new is sent while the calls in flight finish
         left = await pool.drain()  # budget stop, fatal error or Ctrl-C: the calls in flight land in the log
+        _final_counts(e, teacher)
         if not ctrl_c.fired:
             raise
     finally:

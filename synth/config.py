@@ -44,7 +44,8 @@ class EndpointConfig(BaseModel):
 
 
 class BudgetConfig(BaseModel):
-    """Limits on paid work in one run; when one is reached the stage stops cleanly (BudgetExhausted)."""
+    """Limits on paid work for one output: they count what its call log already paid in earlier runs, so a re-run
+    with the same budget pays nothing new once it is spent. When one is reached the stage stops cleanly."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,6 +76,9 @@ class TeacherConfig(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=1024, ge=1)
+    max_tokens_cap: Optional[int] = Field(
+        default=None, ge=1, description="largest max_tokens a cut-off answer (finish_reason=length) is asked again "
+                                        "with; default 4x the request's")
     seed: Optional[int] = 0
 
     max_concurrency: int = Field(default=8, ge=1, le=1024)

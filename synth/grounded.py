@@ -15,6 +15,7 @@ from orchard.errors import InputError
 
 from .dedup import NearDupIndex
 from .filters import response_reason
+from .fill import Method
 from .ledger import Ledger
 from .methods_config import FilterConfig, SynthConfig
 from .parsing import parse_qa_pairs
@@ -80,7 +81,7 @@ def _qa_filter(q: str, a: str, cfg: FilterConfig) -> str | None:
     return response_reason(a, cfg)
 
 
-class Grounded:
+class Grounded(Method):
     def __init__(self, cfg: SynthConfig, teacher, ledger: Ledger, teacher_prov: dict):
         self.cfg, self.teacher, self.ledger, self.teacher_prov = cfg, teacher, ledger, teacher_prov
 
@@ -108,60 +109,75 @@ class Grounded:
                                       "table_gate": bool(man["gate"]["passed"])}})
         return srcs
 
-    def run(self, _seeds: list[dict] | None = None) -> list[dict]:
+    # -- fill: a unit is one source (a chunk or a record), its candidates the question/answer pairs it gives --
+    def start(self, _seeds: list[dict] | None = None) -> None:
+        self.t_doc = load_template("grounded_doc", self.cfg.templates)
+        self.t_tab = load_template("grounded_table", self.cfg.templates)
+        self.srcs = self.sources()  # refuses a table whose gate did not pass before any call
+        self.per_unit = self.cfg.grounded.questions_per_chunk
+        self.cap = f"every source used ({len(self.srcs)} chunks or records)"
+
+    def units(self):
+        return (dict(s, i=i) for i, s in enumerate(self.srcs))
+
+    async def fetch(self, pool, s: dict):
         from .teacher import ChatRequest
 
-        cfg, g, ledger = self.cfg, self.cfg.grounded, self.ledger
-        t_doc = load_template("grounded_doc", cfg.templates)
-        t_tab = load_template("grounded_table", cfg.templates)
-        srcs = self.sources()
-        reqs = []
-        for i, s in enumerate(srcs):
-            if s["kind"] == "doc":
-                text = t_doc.render(document=s["prov"]["document"], chunk=s["text"], count=g.questions_per_chunk)
-            else:
-                text = t_tab.render(table=s["prov"]["table"], record=s["text"], count=g.questions_per_chunk)
-            reqs.append(ChatRequest(messages=user(text), params={"temperature": g.temperature, "max_tokens": g.max_tokens},
-                                    seed=request_seed(cfg.seed, 20, i), json=True, tag=f"grounded:{s['id']}"))
-        rows = []
-        for s, res in zip(srcs, self.teacher.chat_many(reqs) if reqs else []):
-            # Duplicates are judged per source: "What is the age?" asked of two different records is two
-            # examples, while two phrasings of one question about the same record are one.
-            index = NearDupIndex(cfg.filters.near_dup)
-            common = dict(seed_id=s["id"], parent_id=s["id"])
-            if not res.ok:
-                ledger.count("generated")
-                ledger.reject("", "teacher_error", "grounded", **common, detail={"error": res.error})
+        g = self.cfg.grounded
+        if s["kind"] == "doc":
+            text = self.t_doc.render(document=s["prov"]["document"], chunk=s["text"], count=g.questions_per_chunk)
+        else:
+            text = self.t_tab.render(table=s["prov"]["table"], record=s["text"], count=g.questions_per_chunk)
+        return await pool.submit(ChatRequest(
+            messages=user(text), params={"temperature": g.temperature, "max_tokens": g.max_tokens},
+            seed=request_seed(self.cfg.seed, 20, s["i"]), json=True, tag=f"grounded:{s['id']}"))
+
+    def accept(self, s: dict, res) -> list[dict]:
+        cfg, ledger = self.cfg, self.ledger
+        # Duplicates are judged per source: "What is the age?" asked of two different records is two
+        # examples, while two phrasings of one question about the same record are one.
+        index = NearDupIndex(cfg.filters.near_dup)
+        common = dict(seed_id=s["id"], parent_id=s["id"])
+        if not res.ok:
+            ledger.count("generated")
+            ledger.lose("", res, "grounded", **common)
+            return []
+        pairs, bad = parse_qa_pairs(res.text)
+        for frag, reason in bad:
+            ledger.count("generated")
+            ledger.reject(frag, reason, "grounded", **common)
+        tpl = self.t_doc if s["kind"] == "doc" else self.t_tab
+        out = []
+        for q, a in pairs:
+            ledger.count("generated")
+            reason = _qa_filter(q, a, cfg.filters)
+            hit = None
+            if reason is None and cfg.filters.near_dup.enabled:
+                hit, _, mh = index.check(q)
+                reason = "near_dup" if hit else None
+            if reason:
+                ledger.reject(q, reason, "grounded", **common, detail={"dup_of": hit.dup_of} if hit else None)
                 continue
-            pairs, bad = parse_qa_pairs(res.text)
-            for frag, reason in bad:
-                ledger.count("generated")
-                ledger.reject(frag, reason, "grounded", **common)
-            tpl = t_doc if s["kind"] == "doc" else t_tab
-            for q, a in pairs:
-                ledger.count("generated")
-                if len(rows) >= cfg.num:
-                    ledger.reject(q, "over_target", "grounded", **common)
-                    continue
-                reason = _qa_filter(q, a, cfg.filters)
-                hit = None
-                if reason is None and cfg.filters.near_dup.enabled:
-                    hit, _, mh = index.check(q)
-                    reason = "near_dup" if hit else None
-                if reason:
-                    ledger.reject(q, reason, "grounded", **common, detail={"dup_of": hit.dup_of} if hit else None)
-                    continue
-                index.add(content_hash(q), q)
-                # The grounding travels with the example: a question about "the record" is unanswerable
-                # without it, in training and in review (where it is shown as the context field).
-                msgs = [{"role": "system", "content": grounding_prompt(s)},
-                        {"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                prov = {**s["prov"], "seed_id": s["id"], "parent_id": s["id"], "teacher": self.teacher_prov,
-                        **tpl.provenance(), "filters": {}, "grounding": s["text"]}
-                rows.append({"id": content_hash({"messages": msgs}), "seed_id": s["id"], "messages": msgs,
-                             "provenance": prov})
-        ledger.count("instructions_kept", len(rows))
-        return rows
+            index.add(content_hash(q), q)
+            ledger.count("instructions_kept")
+            # The grounding travels with the example: a question about "the record" is unanswerable
+            # without it, in training and in review (where it is shown as the context field).
+            msgs = [{"role": "system", "content": grounding_prompt(s)},
+                    {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            prov = {**s["prov"], "seed_id": s["id"], "parent_id": s["id"], "teacher": self.teacher_prov,
+                    **tpl.provenance(), "filters": {}, "grounding": s["text"]}
+            out.append({"id": content_hash({"messages": msgs}), "seed_id": s["id"], "messages": msgs,
+                        "provenance": prov})
+        return out
+
+    async def finish(self, pool, row: dict):
+        return row  # the answer came with the question: nothing more to ask
+
+    def conclude(self, row: dict, _result) -> dict:
+        return row
+
+    def candidate_text(self, row: dict) -> str:
+        return row["messages"][1]["content"]
 
 
 def grounding_prompt(source: dict) -> str:

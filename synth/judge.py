@@ -52,7 +52,7 @@ class Judge:
         out: list[dict | ParseError] = []
         for res in self.teacher.chat_many(reqs) if reqs else []:
             if not res.ok:
-                out.append(ParseError("judge:teacher_error", str(res.error)))
+                out.append(ParseError(f"lost:{res.reason or 'gave_up'}", str(res.error)))  # a re-run asks again
                 continue
             try:
                 scores, why = parse_rating(res.text, self.criteria)
@@ -97,7 +97,8 @@ class Judge:
         for i in range(len(items)):
             r1, r2 = res[2 * i], res[2 * i + 1]
             if not (r1.ok and r2.ok):
-                out.append(ParseError("pairwise:teacher_error", str(r1.error or r2.error)))
+                bad = r1 if not r1.ok else r2
+                out.append(ParseError(f"lost:{bad.reason or 'gave_up'}", str(bad.error)))
                 continue
             try:
                 v1, v2 = parse_pairwise(r1.text), swap[parse_pairwise(r2.text)]

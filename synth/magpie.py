@@ -8,11 +8,10 @@ traces to the seed that prompted it. The raw pre-query text goes through the end
 (vLLM, llama.cpp's server and ``transformers serve`` have it; hosted chat-only APIs do not), and is built from the
 teacher model's own tokenizer (or given verbatim as ``magpie.pre_query_template``).
 
-``num`` means pairs written: items run concurrently (the server's batch kept full), a new one starting only while
-the pairs kept plus those that may still be kept fall short of ``num``, so no item is generated only to be thrown
-away; this goes on until ``num`` pairs pass every filter or ``max_attempts`` items were tried.
-Item k's requests depend only on (config seed, k), never on what became of other items: a lost answer shifts
-nothing, and a resumed run asks exactly the same requests (answered from the call log for free).
+It runs under ``fill`` like every method, so ``num`` means pairs written (until ``magpie.max_attempts`` items, or
+``attempts_per_pair`` x ``num``, were tried). Item i's requests depend only on (config seed, i), never on what
+became of other items: a lost answer shifts nothing, and a resumed run asks exactly the same requests (answered
+from the call log for free).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import math
 from orchard.errors import InputError
 
 from .dedup import NearDupIndex, TopicIndex
+from .fill import Method
 from .filters import instruction_reason, response_reason
 from .ledger import Ledger
 from .methods_config import SynthConfig
@@ -60,10 +60,18 @@ def clean_instruction(text: str, stops: list[str]) -> str:
     return text.strip()
 
 
-class Magpie:
+class Magpie(Method):
+    """Magpie as a ``fill`` method: a unit is item i (its instruction call, the rules and the on-topic check), a
+    candidate is an instruction that passed them and the near-duplicate check against everything kept before it,
+    finished by its answer. Item i's requests depend only on (config seed, i)."""
+
+    per_unit = 1
+
     def __init__(self, cfg: SynthConfig, teacher, ledger: Ledger, teacher_prov: dict):
         self.cfg, self.mp, self.teacher, self.ledger, self.teacher_prov = cfg, cfg.magpie, teacher, ledger, teacher_prov
         self._tok = None
+        self._topic = None
+        self.index = NearDupIndex(cfg.filters.near_dup)
 
     def _context(self, seed: dict) -> tuple[list[dict], str | None]:
         """The conversation before the user's turn the teacher writes, and the system prompt in it.
@@ -95,129 +103,87 @@ class Magpie:
         mp = self.mp
         return mp.max_attempts if mp.max_attempts is not None else math.ceil(self.cfg.num * mp.attempts_per_pair)
 
-    def run(self, seeds: list[dict], progress: bool = True) -> list[dict]:
-        return self.teacher.run(lambda pool: self._pipeline(pool, seeds, progress))
+    def start(self, seeds: list[dict]) -> None:
+        self.seeds = seeds
+        self.index.add_many((s["id"], s["instruction"]) for s in seeds)
+        if self.cfg.filters.on_topic.enabled:
+            self._topic = TopicIndex([s["instruction"] for s in seeds], self.cfg.filters.on_topic)
+        limit = "magpie.max_attempts" if self.mp.max_attempts is not None else "magpie.attempts_per_pair"
+        self.cap = f"{limit}: {self.max_attempts()} items tried"
 
-    async def _item(self, pool, i: int, seeds: list[dict], index: NearDupIndex) -> dict:
-        """Item i, start to end: its instruction, the rules, its response. Depends on (seed, i) only."""
+    def units(self):
+        return range(self.max_attempts())
+
+    def _item(self, i: int) -> dict:
+        seed = self.seeds[i % len(self.seeds)]
+        return {"i": i, "seed_id": seed.get("seed_id") or seed["id"], "parent_id": seed["id"], "seed": seed}
+
+    async def fetch(self, pool, i: int):
+        """The instruction call of item i, and the checks its text can be judged by alone."""
         from .teacher import ChatRequest
 
         cfg, mp = self.cfg, self.mp
-        seed = seeds[i % len(seeds)]
-        context, system = self._context(seed)
+        context, system = self._context(self._item(i)["seed"])
         head, stops = self._pre_query(context, system)
-        out = {"i": i, "system": system, "text": "", "seed_id": seed.get("seed_id") or seed["id"],
-               "parent_id": seed["id"]}
         res = await pool.submit(ChatRequest(
             prompt=head, params={"temperature": mp.temperature, "top_p": mp.top_p, "max_tokens": mp.max_tokens,
                                  "stop": stops},
-            seed=request_seed(cfg.seed, 31, i), tag=f"magpie:q{i}"), priority=0)
+            seed=request_seed(cfg.seed, 31, i), tag=f"magpie:q{i}"))
         if not res.ok:
-            return {**out, "reason": "teacher_error", "step": "instruction", "detail": {"error": res.error}}
-        text = out["text"] = clean_instruction(res.text, stops)
-        if res.truncated:
-            return {**out, "reason": "magpie:truncated_instruction", "step": "instruction"}
-        reason = instruction_reason(text, cfg.filters)
-        if reason:
-            return {**out, "reason": reason, "step": "instruction"}
-        if self._topic is not None:
+            return res, system, None, None, {}
+        text = clean_instruction(res.text, stops)
+        reason, detail = instruction_reason(text, cfg.filters), {}
+        if reason is None and self._topic is not None:
             sim = self._topic.similarity(text)
             if sim < cfg.filters.on_topic.min_similarity:
-                return {**out, "reason": "filter:off_topic", "step": "instruction",
-                        "detail": {"similarity": round(sim, 3)}}
-        if cfg.filters.near_dup.enabled:  # against the seeds only here: the kept pool is checked in item order
-            hit, _, _ = index.check(text)
-            if hit is not None:
-                return {**out, "reason": "near_dup", "step": "instruction",
-                        "detail": {"dup_of": hit.dup_of, "rouge_l": round(hit.rouge_l, 4)}}
-        # Answers go first in the queue: a finished pair frees its slot for the next item.
-        res = await pool.submit(ChatRequest(
-            messages=user(text), params={"temperature": mp.response_temperature, "max_tokens": mp.response_max_tokens},
-            seed=request_seed(cfg.seed, 32, i), tag=f"magpie:a{i}"), priority=-1)
+                reason, detail = "filter:off_topic", {"similarity": round(sim, 3)}
+        return res, system, text, reason, detail
+
+    def accept(self, i: int, answer) -> list[dict]:
+        res, system, text, reason, detail = answer
+        it = self._item(i)
+        common = dict(seed_id=it["seed_id"], parent_id=it["parent_id"])
+        self.ledger.count("generated")
         if not res.ok:
-            return {**out, "reason": "teacher_error", "step": "response", "detail": {"error": res.error}}
-        answer = out["response"] = res.text.strip()
-        if res.truncated:
-            return {**out, "reason": "magpie:truncated_response", "step": "response",
-                    "detail": {"response_end": answer[-200:]}}
-        reason = response_reason(answer, cfg.filters, prompt=text)
-        if reason:
-            return {**out, "reason": reason, "step": "response", "detail": {"response": answer[:300]}}
-        return {**out, "reason": None}
-
-    async def _pipeline(self, pool, seeds: list[dict], progress: bool) -> list[dict]:
-        """Items run concurrently, started while kept + possibly kept < num (so none is made only to be dropped),
-        and are decided in item order (near-duplicates against the kept ones), so the outcome does not depend on
-        which call lands first, and a resumed run, answered from the call log, reaches the same rows."""
-        import asyncio
-
-        from .teacher import _progress
-
-        cfg, ledger = self.cfg, self.ledger
-        self._topic = TopicIndex([s["instruction"] for s in seeds], cfg.filters.on_topic) \
-            if cfg.filters.on_topic.enabled else None
-        seed_index = NearDupIndex(cfg.filters.near_dup)
-        seed_index.add_many((s["id"], s["instruction"]) for s in seeds)
-        kept_index = NearDupIndex(cfg.filters.near_dup)
-        kept_index.add_many((s["id"], s["instruction"]) for s in seeds)
-        cap = self.max_attempts()
-        running: dict[asyncio.Future, int] = {}
-        done: dict[int, dict] = {}
-        rows: list[dict] = []
-        next_i = decided = 0
-        bar = _progress(cfg.num, progress)
-
-        def may_pass() -> int:  # finished items not yet decided whose own checks passed
-            return sum(1 for o in done.values() if o["reason"] is None)
-
-        try:
-            while True:
-                while len(rows) + may_pass() + len(running) < cfg.num and next_i < cap:
-                    fut = asyncio.ensure_future(self._item(pool, next_i, seeds, seed_index))
-                    running[fut] = next_i
-                    next_i += 1
-                if not running:
-                    break
-                finished, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
-                for fut in finished:
-                    done[running.pop(fut)] = fut.result()
-                while decided in done:
-                    o = done.pop(decided)
-                    decided += 1
-                    if self._decide(o, kept_index, rows) and bar is not None:
-                        bar.update(1)
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        self.attempts = next_i
-        self.stopped_by_cap = len(rows) < cfg.num
-        return rows
-
-    def _decide(self, o: dict, index: NearDupIndex, rows: list[dict]) -> bool:
-        """Keep item ``o`` or record why not; True when kept."""
-        cfg, ledger = self.cfg, self.ledger
-        ledger.count("generated")
-        common = dict(seed_id=o["seed_id"], parent_id=o["parent_id"])
-        detail = {"item": o["i"], **(o.get("detail") or {})}
-        if o["reason"] is not None:
-            ledger.reject(o["text"], o["reason"], o["step"], **common, detail=detail)
-            return False
-        best = None
-        if cfg.filters.near_dup.enabled:
-            hit, best, enc = index.check(o["text"])
+            self.ledger.lose("", res, "instruction", **common, item=i)
+            return []
+        if reason is None and self.cfg.filters.near_dup.enabled:
+            hit, best, enc = self.index.check(text)
             if hit is not None:
-                ledger.reject(o["text"], "near_dup", "response", **common,
-                              detail={**detail, "dup_of": hit.dup_of, "rouge_l": round(hit.rouge_l, 4)})
-                return False
-            index.add(f"magpie:{o['i']}", o["text"], enc)
-        msgs = [{"role": "user", "content": o["text"]}, {"role": "assistant", "content": o["response"]}]
-        prov = {"method": "magpie", **common, "teacher": self.teacher_prov, "item": o["i"],
-                "system_prompt": o["system"], "context": self.mp.context,
-                "filters": {"rouge_l_max": round(best, 4) if best is not None else None}}
-        rows.append({"seed_id": o["seed_id"], "messages": msgs, "provenance": prov})
-        return True
+                reason, detail = "near_dup", {"dup_of": hit.dup_of, "rouge_l": round(hit.rouge_l, 4)}
+            else:
+                self.index.add(f"magpie:{i}", text, enc)
+                detail = {"rouge_l_max": round(best, 4)}
+        if reason:
+            self.ledger.reject(text, reason, "instruction", **common, detail={"item": i, **detail})
+            return []
+        self.ledger.count("instructions_kept")
+        return [{**common, "i": i, "instruction": text, "system": system, "filters": detail}]
+
+    async def finish(self, pool, cand: dict):
+        from .teacher import ChatRequest
+
+        mp = self.mp
+        return await pool.submit(ChatRequest(
+            messages=user(cand["instruction"]),
+            params={"temperature": mp.response_temperature, "max_tokens": mp.response_max_tokens},
+            seed=request_seed(self.cfg.seed, 32, cand["i"]), tag=f"magpie:a{cand['i']}"), priority=-1)
+
+    def conclude(self, cand: dict, res) -> dict | None:
+        common = dict(seed_id=cand["seed_id"], parent_id=cand["parent_id"])
+        if not res.ok:
+            self.ledger.lose(cand["instruction"], res, "response", **common, item=cand["i"])
+            return None
+        answer = res.text.strip()
+        reason = response_reason(answer, self.cfg.filters, prompt=cand["instruction"])
+        if reason:
+            self.ledger.reject(cand["instruction"], reason, "response", **common,
+                               detail={"item": cand["i"], "response": answer[:300]})
+            return None
+        msgs = [{"role": "user", "content": cand["instruction"]}, {"role": "assistant", "content": answer}]
+        prov = {"method": "magpie", **common, "teacher": self.teacher_prov, "item": cand["i"],
+                "system_prompt": cand["system"], "context": self.mp.context, "filters": cand["filters"]}
+        return {"seed_id": cand["seed_id"], "messages": msgs, "provenance": prov}
+
+    def candidate_text(self, cand) -> str:
+        return cand.get("instruction", "") if isinstance(cand, dict) else ""

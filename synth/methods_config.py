@@ -176,7 +176,10 @@ class FilterConfig(_Strict):
 
 class SynthConfig(_Strict):
     method: Literal["self_instruct", "evol", "grounded", "magpie"] = "self_instruct"
-    num: int = Field(default=100, ge=1, description="target number of kept instructions")
+    num: int = Field(default=100, ge=1, description="pairs to write: generation goes on until this many pass every "
+                                                     "filter and step, or a cap (rounds, seeds, sources, budget) stops it")
+    min_num: Optional[int] = Field(default=None, ge=0, description="fewest pairs that count as success (default: "
+                                                                   "num); fewer is a failure (exit code 4)")
     seed: int = Field(default=0, description="seeds every random choice, so a re-run sends the same requests")
     use_cache: bool = True
     self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
@@ -187,6 +190,12 @@ class SynthConfig(_Strict):
     templates: dict[str, Path] = Field(default_factory=dict,
                                        description="override a shipped prompt template: name -> file path")
     report: bool = True
+
+    @model_validator(mode="after")
+    def _min_le_num(self):
+        if self.min_num is not None and self.min_num > self.num:
+            raise ValueError(f"min_num ({self.min_num}) must not be above num ({self.num})")
+        return self
 
     @model_validator(mode="after")
     def _grounded_source(self):

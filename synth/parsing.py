@@ -201,6 +201,17 @@ def parse_instance(text: str, classification: bool = False) -> tuple[str, str]:
     return inp, out
 
 
+_INSTANCE_LABEL_END = re.compile(r"(?:^|\n)\s*(?:\*\*)?(?:input|output|answer|response|class label|label|class)"
+                                 r"(?:\*\*)?\s*:?\s*(?:\*\*)?\s*$", re.I)
+
+
+def instance_unfinished(text: str, classification: bool = False) -> str | None:
+    """Why an instance reply stops inside its format (it ends on a label, with nothing after it), or None. A reply
+    that is simply wrong (no labels) is not unfinished: ``parse_instance`` says what is wrong with it."""
+    m = _INSTANCE_LABEL_END.search(text or "")
+    return f"the reply ends on its {m.group(0).strip()!r} label" if m else None
+
+
 def parse_yes_no(text: str) -> bool | None:
     """Yes → True, No → False, anything else → None."""
     m = re.search(r"\b(yes|no)\b", (text or "").strip().lower())

@@ -56,15 +56,16 @@ def sample_responses(rows: list[dict], cfg: PreferencesConfig, teacher, ledger: 
             out[i].append((res.text.strip(), t, model))
         else:
             # Not a discarded item by itself: the prompt still gets judged on the responses that came back,
-            # or is rejected as pref:too_few_responses.
+            # or is rejected as pref:too_few_responses. Still lost work: the pair is not the one a re-run gives.
             ledger.count("sample_errors")
+            ledger.count("lost_calls")
     return out
 
 
 def make_pairs(rows: list[dict], responses: list[list[str]], cfg: PreferencesConfig, judge: Judge,
                ledger: Ledger, mode: str, extra: list[dict] | None = None) -> list[dict]:
     """Judge each row's responses and emit TRL preference rows (prompt / chosen / rejected)."""
-    pairs_out = []
+    pairs_out, n_rej = [], len(ledger.rejected)
     if mode == "rating":
         flat = [(prompt_of(r), c) for r, cs in zip(rows, responses) for c in cs]
         verdicts = judge.rate_many(flat)
@@ -135,4 +136,8 @@ def make_pairs(rows: list[dict], responses: list[list[str]], cfg: PreferencesCon
         pairs_out.append({"id": content_hash({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
                           "seed_id": r.get("seed_id") or r.get("id"), "prompt": prompt, "chosen": chosen,
                           "rejected": rejected, "provenance": prov})
+    # Judge calls lost after every retry: a row rejected as lost:* accounts for one of its own; the others (and
+    # those of rows judged on what came back) are lost calls.
+    lost = sum(isinstance(v, ParseError) and v.reason.startswith("lost:") for v in verdicts)
+    ledger.count("lost_calls", lost - sum(r["reason"].startswith("lost:") for r in ledger.rejected[n_rej:]))
     return pairs_out

@@ -37,7 +37,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 from tenacity import (AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt,
@@ -63,7 +63,8 @@ _DUMMY_KEY = "sk-orchard-local-no-key"
 _BREAKER_STREAK = 3
 # This many endpoint failures in a row, before any success, mean the teacher is down: stop the run.
 _DOWN_STREAK = 20
-# Paid answers that fail the JSON check (cut off, unparsable) are asked again at most this many times.
+# Paid answers that are cut off (finish_reason=length) or fail the format check (JSON, ``ChatRequest.check``)
+# are asked again at most this many times, a cut-off one with twice the max_tokens each time (up to the cap).
 _MAX_BAD_ANSWERS = 2
 
 
@@ -85,6 +86,10 @@ class ChatRequest:
     (an item id) and is not part of the key. ``json`` asks for a JSON object (None: the config decides).
     ``prompt``, instead of ``messages``, is raw text continued through ``/completions`` with no chat template
     applied (Magpie writes instructions that way, from a template's user-turn prefix).
+    ``check(text)`` returns why an answer stops inside the expected format (None: complete); such an answer is
+    treated like a cut-off one: asked again, never cached as good. ``cut_ok(text)``: True when an answer cut off at
+    max_tokens is whole all the same (a yes/no question, read from its first yes or no, which more tokens cannot
+    change). Neither is part of the key.
     """
 
     messages: list[dict] = field(default_factory=list)
@@ -93,6 +98,8 @@ class ChatRequest:
     sample: int = 0
     tag: Optional[str] = None
     json: Optional[bool] = None
+    check: Optional[Callable[[str], Optional[str]]] = None
+    cut_ok: Optional[Callable[[str], bool]] = None
     prompt: Optional[str] = None
 
     def prompt_messages(self) -> list[dict]:
@@ -102,10 +109,12 @@ class ChatRequest:
 
 @dataclass
 class ChatResult:
-    """The outcome of one request: ``text`` when ``ok``, else ``error`` says why."""
+    """The outcome of one request: ``text`` when ``ok``, else ``error`` says why and ``reason`` is a short code
+    for it (``truncated``, ``bad_format``, ``refused``, ``request_failed``, ``gave_up``: faults after every retry)."""
 
     text: Optional[str] = None
     error: Optional[str] = None
+    reason: Optional[str] = None
     finish_reason: Optional[str] = None
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     cost_usd: float = 0.0
@@ -173,15 +182,21 @@ def parse_retry_after(headers) -> Optional[float]:
 
 
 class _Retryable(Exception):
-    """Worth trying again (maybe on another endpoint)."""
+    """Worth trying again (maybe on another endpoint). ``kind``: the lost-item reason if the retries run out."""
 
-    def __init__(self, reason: str, retry_after: Optional[float] = None, immediate: bool = False):
+    def __init__(self, reason: str, retry_after: Optional[float] = None, immediate: bool = False,
+                 kind: str = "gave_up"):
         super().__init__(reason)
-        self.reason, self.retry_after, self.immediate = reason, retry_after, immediate
+        self.reason, self.retry_after, self.immediate, self.kind = reason, retry_after, immediate, kind
 
 
 class _RequestFailed(Exception):
-    """This request cannot succeed as sent (HTTP 400, 422): recorded as its error, the run goes on."""
+    """This request cannot succeed as sent (HTTP 400, 422; a refusal; answers cut off again and again): recorded
+    as its error with ``kind`` (``ChatResult.reason``), the run goes on."""
+
+    def __init__(self, message: str, kind: str = "request_failed"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _is_local(base_url: str) -> bool:
@@ -266,6 +281,10 @@ class Teacher:
         self._pending_hits: list[dict] = []
         self._stop: Optional[BaseException] = None
         self._started = 0  # paid logical calls started this session (budget.max_calls)
+        # What this output's call log already paid in earlier runs: budgets count it, so a re-run with the same
+        # budget pays nothing new once it is spent.
+        self._paid_before = self.log.paid() if use_cache else {"calls": 0, "tokens": 0, "cost_usd": 0.0}
+        self._budget_why: Optional[str] = None
         self._fail_streak = 0  # endpoint failures in a row, over all calls
         self._t0 = time.time()
         self._u = {
@@ -397,7 +416,7 @@ class Teacher:
         st = self._loop_state()
         key = self.request_key(req)
         if self.use_cache:
-            row = self.log.lookup(key)
+            row = self.log.lookup(key, truncated_ok=req.cut_ok is not None)
             if row is not None:
                 return self._from_cache(row, req, key)
         # The same request twice in one batch: pay once, share the answer.
@@ -442,9 +461,9 @@ class Teacher:
                 with attempt:
                     res = await self._attempt(req, st, acc)
         except _Retryable as e:
-            res = ChatResult(error=f"gave up after {acc['attempts']} attempts: {e.reason}")
+            res = ChatResult(error=f"gave up after {acc['attempts']} attempts: {e.reason}", reason=e.kind)
         except _RequestFailed as e:
-            res = ChatResult(error=str(e))
+            res = ChatResult(error=str(e), reason=e.kind)
         res.key, res.tag, res.attempts = key, req.tag, acc["attempts"]
         res.latency_s = time.perf_counter() - t0
         res.usage = {"prompt_tokens": acc["prompt_tokens"], "completion_tokens": acc["completion_tokens"]}
@@ -465,9 +484,9 @@ class Teacher:
         raw = req.prompt is not None
         kwargs = {"model": ep.cfg.model, **({"prompt": req.prompt} if raw else {"messages": req.messages}),
                   **self._params(req)}
-        if acc.get("boost") and "max_tokens" in kwargs:
+        if acc.get("max_tokens") and "max_tokens" in kwargs:
             # The last answer was cut off: the same budget would cut it off again (and be paid again).
-            kwargs["max_tokens"] = int(kwargs["max_tokens"] * acc["boost"])
+            kwargs["max_tokens"] = acc["max_tokens"]
         if ep.max_tokens_param != "max_tokens" and "max_tokens" in kwargs:
             kwargs[ep.max_tokens_param] = kwargs.pop("max_tokens")
         seed = self._seed(req)
@@ -493,33 +512,46 @@ class Teacher:
         refusal = msg.get("refusal") if isinstance(msg, dict) else None
         if refusal or finish == "content_filter":
             # A refusal is an answer, and asking again would pay again for the same one.
-            raise _RequestFailed(f"teacher refused ({finish}): {str(refusal or '')[:200]}")
+            raise _RequestFailed(f"teacher refused ({finish}): {str(refusal or '')[:200]}", kind="refused")
         if not isinstance(text, str) or not text.strip():
             if finish == "length":
                 # All tokens went elsewhere (e.g. hidden reasoning): the same request would end the same way.
-                raise _RequestFailed("empty completion with finish_reason=length: raise max_tokens")
+                raise _RequestFailed("empty completion with finish_reason=length: raise max_tokens", kind="truncated")
             raise self._fail(ep, f"empty completion (finish_reason={finish}) ({ep.host})")
         if use_rf and ep.supports_json is None:
             ep.supports_json = True
-        if want_json:
-            problem = None
-            if finish == "length":
-                problem = "truncated JSON (finish_reason=length)"
-                acc["boost"] = min(4, 2 * acc.get("boost", 1))
-            else:
-                try:
-                    parse_json_text(text)
-                except ValueError:
-                    problem = "invalid JSON in completion"
-            if problem:
-                # Each of these answers was paid for: ask again, but only a couple of times.
-                acc["bad_answers"] = acc.get("bad_answers", 0) + 1
-                if acc["bad_answers"] > _MAX_BAD_ANSWERS:
-                    raise _RequestFailed(f"{problem}, {acc['bad_answers']} answers in a row: not asking again")
-                raise self._fail(ep, problem, endpoint_fault=False)
+        self._check_answer(req, text, finish, kwargs.get(ep.max_tokens_param), acc, ep, want_json)
         ep.streak = 0
         self._fail_streak = 0
         return ChatResult(text=text, finish_reason=finish, model=data.get("model") or ep.cfg.model, endpoint=ep.host)
+
+    def _check_answer(self, req: ChatRequest, text: str, finish, sent_max: Optional[int], acc: dict,
+                      ep: _Endpoint, want_json: bool) -> None:
+        """Raise if a paid answer is cut off (finish_reason=length) or stops inside its format (JSON, the
+        request's ``check``): it is asked again, a cut-off one with twice the max_tokens up to the cap; after
+        ``_MAX_BAD_ANSWERS`` more answers it is recorded as failed. Never returned, so never cached as good."""
+        problem, kind = None, "bad_format"
+        if finish == "length" and not (req.cut_ok is not None and req.cut_ok(text)):
+            problem, kind = f"truncated (finish_reason=length at max_tokens={sent_max})", "truncated"
+        elif want_json:
+            try:
+                parse_json_text(text)
+            except ValueError:
+                problem = "invalid JSON in completion"
+        elif req.check is not None:
+            problem = req.check(text)
+        if not problem:
+            return
+        acc["bad_answers"] = acc.get("bad_answers", 0) + 1
+        cap = None
+        if kind == "truncated" and sent_max:
+            cap = self.config.max_tokens_cap or 4 * int(self._params(req).get("max_tokens") or sent_max)
+            acc["max_tokens"] = min(cap, 2 * int(sent_max))
+        # Each of these answers was paid for: ask again, but only a couple of times, and never with a budget
+        # that already gave a cut-off answer (the same request would be cut off again).
+        if acc["bad_answers"] > _MAX_BAD_ANSWERS or (cap is not None and int(sent_max) >= cap):
+            raise _RequestFailed(f"{problem}, {acc['bad_answers']} answers in a row: not asking again", kind=kind)
+        raise self._fail(ep, problem, endpoint_fault=False, kind=kind)
 
     async def _post_direct(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool,
                            path: str = "/chat/completions"):
@@ -586,15 +618,15 @@ class Teacher:
 
     # -- failures, retries, endpoints ----------------------------------------------------------------
     def _fail(self, ep: _Endpoint, reason: str, retry_after: Optional[float] = None,
-              endpoint_fault: bool = True, alive: bool = False) -> Exception:
+              endpoint_fault: bool = True, alive: bool = False, kind: str = "gave_up") -> Exception:
         """Count a failed attempt; the retryable error to raise, or TeacherError when the teacher seems down.
 
         ``endpoint_fault``: the endpoint misbehaved (not the answer's content). ``alive``: it answered
         sensibly (429), so it does not count towards "the teacher is down".
         """
         ep.failures += 1
-        kind = reason.split(" (")[0].split(":")[0]
-        self._u["retries"][kind] = self._u["retries"].get(kind, 0) + 1
+        what = reason.split(" (")[0].split(":")[0]
+        self._u["retries"][what] = self._u["retries"].get(what, 0) + 1
         now = time.monotonic()
         if retry_after is not None:
             # The endpoint asked everyone to back off: keep all requests off it until then.
@@ -612,7 +644,7 @@ class Teacher:
             # request with backoff would take hours to say so; stop (resumable) and say it now.
             return TeacherError(f"teacher failing: {self._fail_streak} failed attempts in a row over all "
                                 f"endpoints (last: {reason}); completed calls are saved, re-run to resume")
-        return _Retryable(reason, retry_after=retry_after)
+        return _Retryable(reason, retry_after=retry_after, kind=kind)
 
     def _status_error(self, code: int, headers, detail: str, ep: _Endpoint, used_rf: bool) -> Exception:
         detail = self._redact(detail)
@@ -726,21 +758,31 @@ class Teacher:
 
     # -- budget, params, bookkeeping -----------------------------------------------------------------
     def _check_budget(self) -> None:
-        b, u = self.config.budget, self._u
+        b, u, before = self.config.budget, self._u, self._paid_before
+        tokens = before["tokens"] + u["prompt_tokens"] + u["completion_tokens"]
+        cost = before["cost_usd"] + u["cost_usd"]
         why = None
-        if b.max_calls is not None and self._started >= b.max_calls:
+        if b.max_calls is not None and before["calls"] + self._started >= b.max_calls:
             why = f"max_calls={b.max_calls} reached"
-        elif b.max_tokens is not None and u["prompt_tokens"] + u["completion_tokens"] >= b.max_tokens:
-            why = f"max_tokens={b.max_tokens} reached ({u['prompt_tokens'] + u['completion_tokens']} used)"
-        elif b.max_cost_usd is not None and u["cost_usd"] >= b.max_cost_usd:
-            why = f"max_cost_usd={b.max_cost_usd} reached (${u['cost_usd']:.4f} spent)"
+        elif b.max_tokens is not None and tokens >= b.max_tokens:
+            why = f"max_tokens={b.max_tokens} reached ({tokens} used)"
+        elif b.max_cost_usd is not None and cost >= b.max_cost_usd:
+            why = f"max_cost_usd={b.max_cost_usd} reached (${cost:.4f} spent)"
         if why:
-            where = f" in {self.log_path}" if self.log_path else ""
-            self._stop = BudgetExhausted(
-                f"teacher budget: {why}; {u['ok']} completed calls are saved{where}. "
-                "Re-run to resume (completed calls come from the cache, free) or raise the budget."
-            )
+            self._budget_why = why
+            self._stop = BudgetExhausted(self.budget_message())
             raise self._stop
+
+    def budget_message(self) -> str:
+        """Why the budget stopped the run, with exact counts of what was paid for this output (call this after
+        the calls in flight landed, as ``callpool`` does, for final numbers)."""
+        u, before = self._u, self._paid_before
+        where = f" in {self.log_path}" if self.log_path else ""
+        tokens = before["tokens"] + u["prompt_tokens"] + u["completion_tokens"]
+        return (f"teacher budget: {self._budget_why}; {before['calls'] + u['calls']} paid calls for this output "
+                f"({before['calls']} in earlier runs, {u['calls']} in this one: {u['ok']} answered, {u['errors']} "
+                f"failed), {tokens} tokens, ${before['cost_usd'] + u['cost_usd']:.4f}. Every answer is saved{where}: "
+                "a re-run replays them free and pays nothing new until the budget is raised.")
 
     def _params(self, req: ChatRequest) -> dict:
         c = self.config

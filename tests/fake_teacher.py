@@ -4,7 +4,9 @@ It answers ``POST /v1/chat/completions`` (non-streaming, ``response_format`` JSO
 ``GET /v1/models`` and ``GET /health``, with text from a *responder* (messages -> str) and faults from a
 *plan* (a fixed sequence and/or probabilities): HTTP 500/503, 429 with Retry-After (seconds or an HTTP
 date), timeouts (sleeping past the client's timeout), malformed JSON bodies, truncated output
-(finish_reason=length), empty ``choices``, empty content, dropped connections, 400/401/404.
+(finish_reason=length: the first half of the answer), empty ``choices``, empty content, dropped connections,
+400/401/404. ``cut_at_max_tokens``: like a real server, an answer longer than the request's ``max_tokens`` (counted
+in words, as its ``usage`` is) is cut there with finish_reason=length, so asking again with more tokens helps.
 
 It counts requests and successful completions per prompt (the last user message), so tests can assert
 that no completed call was ever repeated. ``GET /_stats`` returns those counts as JSON, for a server run
@@ -53,12 +55,14 @@ class FaultPlan:
     then ``probs`` (fault -> probability, the rest is ``ok``), drawn from a seeded RNG.
 
     ``per_prompt_max``: a prompt meets at most this many faults, so a test's retries surely end.
+    ``targets``: prompt substring -> fault that every prompt containing it meets, every time (a lost item).
     """
 
     def __init__(self, probs: Optional[dict[str, float]] = None, sequence: Optional[list[str]] = None,
                  seed: int = 0, retry_after: float = 1.0, timeout_sleep_s: float = 2.0,
-                 per_prompt_max: Optional[int] = None):
-        for f in list(probs or {}) + list(sequence or []):
+                 per_prompt_max: Optional[int] = None, targets: Optional[dict[str, str]] = None):
+        self.targets = dict(targets or {})
+        for f in list(probs or {}) + list(sequence or []) + list(self.targets.values()):
             if f not in FAULTS:
                 raise ValueError(f"unknown fault {f!r}; known: {FAULTS}")
         if probs and sum(probs.values()) > 1:
@@ -74,6 +78,9 @@ class FaultPlan:
 
     def next(self, prompt: str) -> str:
         with self._lock:
+            hit = next((f for k, f in self.targets.items() if k in prompt), None)
+            if hit is not None:
+                return hit
             if self.sequence:
                 f = self.sequence.popleft()
             else:
@@ -101,8 +108,10 @@ class FakeTeacher:
     def __init__(self, responder: Callable[[list[dict], dict], str] = default_responder,
                  faults: Optional[FaultPlan] = None, always: Optional[str] = None, latency_s: float = 0.0,
                  supports_json_format: bool = True, model: str = "fake-teacher", echo_key: bool = False,
-                 send_usage: bool = True, wants_max_completion_tokens: bool = False, port: int = 0):
+                 send_usage: bool = True, wants_max_completion_tokens: bool = False, port: int = 0,
+                 cut_at_max_tokens: bool = False):
         self.responder, self.faults, self.always = responder, faults, always
+        self.cut_at_max_tokens = cut_at_max_tokens
         self.latency_s, self.supports_json_format, self.model = latency_s, supports_json_format, model
         self.echo_key, self.send_usage = echo_key, send_usage
         self.wants_max_completion_tokens = wants_max_completion_tokens
@@ -242,6 +251,9 @@ class FakeTeacher:
 
         text = self.responder(messages, body)
         finish = "stop"
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if self.cut_at_max_tokens and limit and len(text.split()) > int(limit):
+            text, finish = " ".join(text.split()[: int(limit)]), "length"
         choices = [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]
         if fault == "truncated":
             choices[0]["message"]["content"] = text[: max(1, len(text) // 2)]
@@ -266,7 +278,7 @@ class FakeTeacher:
         if not self.send_usage:
             del payload["usage"]
         sent = h.send_json(200, payload)
-        if fault == "ok" and sent:
+        if fault == "ok" and finish == "stop" and sent:
             with self._lock:
                 self.ok += 1
                 if self.shared is not None:
@@ -372,7 +384,12 @@ def remote_stats(base_url: str) -> dict:
 
 def _serve(port: int, a, shared, reuse: bool, ready) -> None:
     plan = FaultPlan(json.loads(a.faults), seed=a.seed, retry_after=a.retry_after) if a.faults else None
-    srv = FakeTeacher(faults=plan, latency_s=a.latency, port=port)
+    kw = {}
+    if a.responder == "synth":
+        from synth_responder import responder
+
+        kw["responder"] = responder
+    srv = FakeTeacher(faults=plan, latency_s=a.latency, port=port, cut_at_max_tokens=a.cut_at_max_tokens, **kw)
     srv.shared, srv.reuse_port = shared, reuse
     srv.start()
     if ready is not None:
@@ -393,6 +410,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retry-after", type=float, default=1.0)
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    ap.add_argument("--responder", choices=["default", "synth"], default="default",
+                    help="synth: tests/synth_responder.py's plausible answers to synth's prompts")
+    ap.add_argument("--cut-at-max-tokens", action="store_true", help="cut answers at max_tokens words (length)")
     a = ap.parse_args(argv)
     import multiprocessing as mp
 

@@ -23,6 +23,15 @@ TAILS = ["using a simple analogy", "for a school newsletter", "and mention one c
          "to a skeptical friend over dinner", "including the main risks and costs"]
 
 
+# More ways to vary a task, so that a long run finds thousands of tasks that are not near-duplicates of each other.
+ASPECTS = ["cost", "safety", "history", "common errors", "regional differences", "future trends", "ethics",
+           "measurement", "beginner questions", "expert debates", "tools needed", "seasonal effects", "local laws",
+           "environmental impact", "famous cases", "everyday uses", "career paths", "key numbers", "open problems",
+           "typical timelines"]
+AUDIENCES = ["a ten year old", "a retired engineer", "new employees", "a city council", "first-year students",
+             "a busy parent", "tourists", "a hiring manager", "hospital staff", "a podcast audience"]
+
+
 def _h(*parts) -> int:
     return int(hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:12], 16)
 
@@ -30,13 +39,14 @@ def _h(*parts) -> int:
 def responder(messages: list[dict], body: dict, messy: bool = True) -> str:
     p = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     h = _h(p, body.get("seed"), body.get("temperature"))
-    if p.startswith("Come up with"):
+    if p.startswith("Come up with") and "starting at Task" in p:
         count = int(re.search(r"Come up with (\d+)", p).group(1))
         first = int(re.search(r"starting at Task (\d+)", p).group(1))
         tasks = []
         for i in range(count):
             k = _h(h, i)
-            tasks.append(f"{VERBS[k % len(VERBS)]} {TOPICS[(k // 11) % len(TOPICS)]} {TAILS[(k // 7) % len(TAILS)]}.")
+            tasks.append(f"{VERBS[k % len(VERBS)]} {TOPICS[(k // 11) % len(TOPICS)]} {TAILS[(k // 7) % len(TAILS)]}, "
+                         f"looking at {ASPECTS[(k // 13) % len(ASPECTS)]} for {AUDIENCES[(k // 17) % len(AUDIENCES)]}.")
         style = h % 4 if messy else 0
         if style == 0:
             return "\n".join(f"Task {first + i}: {t}" for i, t in enumerate(tasks))

@@ -111,6 +111,7 @@ teacher:
 synth:
   method: grounded
   num: 20
+  min_num: 10                        # 10 records x 2 questions: some fall to the filters
   grounded:
     table: run:tabular
     max_rows: 10
@@ -130,3 +131,25 @@ synth:
         assert provenance(r)["grounding"] in system["content"]
         assert provenance(r)["seed_id"] in synthetic  # lineage: the synthetic record it grew from
     assert real_ages  # (the gate, not this test, is what keeps real rows out: see tests/test_tabular_stage.py)
+
+
+def test_a_stage_short_of_its_min_num_stops_the_run_and_says_so(tmp_path, srv):
+    _recipe(tmp_path, srv)
+    short = ["--set", "synth.self_instruct.max_rounds=1", "--set", "synth.self_instruct.prompts_per_round=2"]
+    exe = Path(sys.executable).with_name("orchard")
+    r = __import__("subprocess").run([str(exe), "run", str(tmp_path / "r.yaml"), *short], capture_output=True,
+                                     text=True, timeout=300)
+    run = tmp_path / "runs" / "pipe"
+    assert r.returncode == 4, r.stderr
+    n = len(read_rows(run / "synth"))
+    assert f"synth: stopped short: {n} of 30 pairs written; stopped by self_instruct.max_rounds=1" in r.stderr
+    assert not (run / "judge").exists(), "the stages after a short one must not run"
+    assert read_manifest(run / "synth")["status"] == "incomplete"
+    report = (run / "report.md").read_text().splitlines()
+    assert report[2].startswith(f"- **synth: stopped short: {n} of 30 pairs written")
+    # Asking for what it can give (min_num) lets the run go on; the synth stage is run again from its cache.
+    requests = srv.stats()["requests"]
+    sets = [x for x in short if x != "--set"] + [f"synth.min_num={n}"]
+    out = Runner(load_recipe(tmp_path / "r.yaml", sets)).run(to_stage="judge")
+    assert [o.status for o in out] == ["skipped", "ran", "ran"] and srv.stats()["requests"] > requests
+    assert len(read_rows(run / "synth")) == n

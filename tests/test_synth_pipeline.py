@@ -67,6 +67,7 @@ def test_instance_calls_overlap_the_bootstrap_rounds(tmp_path):
     others = [i for i, k in enumerate(arrivals) if k == "other"]
     assert man["counts"]["kept"] > 30 and len(boots) >= 4
     # Phase after phase, every classify/instance call would come after the last bootstrap call (0 here);
-    # pipelined, those of the tasks kept before the last round are sent while the rounds are still going.
+    # pipelined, those of the tasks kept before the last round are sent while the rounds are still going (the
+    # last bootstrap prompts wait until a shortfall is known: fill starts none that might not be needed).
     during = sum(1 for i in others if i < boots[-1])
-    assert during >= len(others) // 3, (during, len(others), len(boots))
+    assert during >= 5, (during, len(others), len(boots))

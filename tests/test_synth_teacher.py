@@ -125,9 +125,17 @@ def test_budget_stops_cleanly_and_rerun_resumes(tmp_path):
         partial = ei.value.results
         done = [r for r in partial if r is not None]
         assert len(done) == 30 and all(r.ok for r in done)
-        assert "max_calls=30" in str(ei.value) and "resume" in str(ei.value)
+        assert "max_calls=30 reached; 30 paid calls for this output (0 in earlier runs, 30 in this one: 30 " \
+               "answered, 0 failed)" in str(ei.value), str(ei.value)
         assert srv.stats()["requests"] == 30
         assert len(CallLog(db).ok_keys()) == 30
+
+        # The budget is for the output, not the invocation: the same budget again pays nothing new.
+        t1 = Teacher(cfg(srv.base_url, max_concurrency=4, budget={"max_calls": 30}), db)
+        with pytest.raises(BudgetExhausted) as ei:
+            t1.chat_many(reqs(100), progress=False)
+        assert srv.stats()["requests"] == 30 and sum(r is not None for r in ei.value.results) == 30
+        assert "30 paid calls for this output (30 in earlier runs, 0 in this one" in str(ei.value)
 
         t2 = Teacher(cfg(srv.base_url, max_concurrency=4), db)
         res = t2.chat_many(reqs(100), progress=False)
@@ -332,14 +340,49 @@ def test_json_mode_rejection_is_remembered():
     assert t.usage_summary()["endpoints"][0]["json_mode"] is False
 
 
-def test_truncated_text_is_returned_marked_and_truncated_json_is_retried():
-    with FakeTeacher(faults=FaultPlan(sequence=["truncated", "truncated"])) as srv:
-        t = Teacher(cfg(srv.base_url, max_concurrency=1), None)
+def test_a_cut_off_answer_is_never_returned_or_cached_as_good(tmp_path):
+    db = tmp_path / "calls.sqlite"
+    with FakeTeacher(faults=FaultPlan(sequence=["truncated", "ok", "truncated"])) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=1, max_tokens=50), db)
         r = t.chat([{"role": "user", "content": "plain"}])
-        assert r.ok and r.truncated and srv.stats()["requests"] == 1
+        # Plain text too: asked again with twice the tokens, and the whole answer comes back.
+        assert r.ok and not r.truncated and r.text == json.dumps({"answer": "reply to: plain", "seed": 0})
         r = t.chat([{"role": "user", "content": "as json"}], json=True)
         assert r.ok and not r.truncated and r.json()["answer"] == "reply to: as json"
-        assert srv.stats()["requests"] == 3
+        assert srv.stats()["requests"] == 4 and srv.stats()["max_tokens_seen"] == [50, 100, 50, 100]
+    # A server that cuts every answer at max_tokens: the cap is reached, the item is lost with its reason,
+    # nothing is cached as an answer, and a re-run against a healthy teacher asks again.
+    with FakeTeacher(responder=lambda m, b: "word " * 500, cut_at_max_tokens=True) as srv:
+        t = Teacher(cfg(srv.base_url, max_concurrency=1, max_tokens=50, max_tokens_cap=150), db)
+        r = t.chat([{"role": "user", "content": "long"}])
+        assert not r.ok and r.reason == "truncated" and "finish_reason=length" in r.error, r.error
+        assert srv.stats()["max_tokens_seen"] == [50, 100, 150]
+        assert r.usage["completion_tokens"] == 300  # the paid, useless answers are still counted
+    assert CallLog(db).lookup(Teacher(cfg("http://127.0.0.1:9/v1", max_tokens=50), None).request_key(
+        ChatRequest([{"role": "user", "content": "long"}]))) is None
+    with FakeTeacher(responder=lambda m, b: "fine answer") as srv:
+        r = Teacher(cfg(srv.base_url, max_tokens=50), db).chat([{"role": "user", "content": "long"}])
+        assert r.ok and not r.cached and srv.stats()["requests"] == 1
+
+
+def test_a_cut_off_answer_cached_by_an_older_version_is_asked_again(tmp_path):
+    db = tmp_path / "calls.sqlite"
+    with FakeTeacher() as srv:
+        t = Teacher(cfg(srv.base_url), db)
+        req = ChatRequest([{"role": "user", "content": "old"}])
+        CallLog(db).record(key=t.request_key(req), status="ok", response_text="cut o", finish_reason="length")
+        r = t.chat_many([req], progress=False)[0]
+        assert r.ok and not r.cached and r.text.endswith("}") and srv.stats()["requests"] == 1
+
+
+def test_a_request_check_treats_an_unfinished_format_like_a_cut_off_answer():
+    answers = iter(["Input: x\nOutp", "Input: x\nOutput: y"])
+    with FakeTeacher(responder=lambda m, b: next(answers)) as srv:
+        t = Teacher(cfg(srv.base_url), None)
+        r = t.chat_many([ChatRequest([{"role": "user", "content": "q"}],
+                                     check=lambda s: None if "Output:" in s else "no Output: label")],
+                        progress=False)[0]
+        assert r.ok and r.text.endswith("Output: y") and srv.stats()["requests"] == 2
 
 
 def test_empty_answers_become_errors_never_empty_rows():
@@ -568,3 +611,20 @@ def test_call_log_setup_retries_the_wal_switch_race(tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="no such table"):  # other errors are not retried
         calllog._setup_retrying.retry_with(stop=calllog.stop_after_delay(0))(type("Bad", (), {
             "execute": lambda self, sql, *a: real.execute("SELECT * FROM nope")})())
+
+
+def test_cut_ok_keeps_a_cut_off_answer_that_is_whole_all_the_same(tmp_path):
+    db = tmp_path / "calls.sqlite"
+    yes = ChatRequest([{"role": "user", "content": "classify?"}], params={"max_tokens": 2},
+                      cut_ok=lambda s: "yes" in s.lower())
+    with FakeTeacher(responder=lambda m, b: "Yes it is one of those tasks", cut_at_max_tokens=True) as srv:
+        r = Teacher(cfg(srv.base_url), db).chat_many([yes], progress=False)[0]
+        assert r.ok and r.text == "Yes it" and srv.stats()["requests"] == 1
+        r = Teacher(cfg(srv.base_url), db).chat_many([yes], progress=False)[0]
+        assert r.cached and srv.stats()["requests"] == 1  # kept as whole: a re-run pays nothing
+    # Cut before its first word: not whole, asked again with more tokens.
+    with FakeTeacher(responder=lambda m, b: "Yes", faults=FaultPlan(sequence=["truncated"])) as srv:
+        r = Teacher(cfg(srv.base_url), None).chat_many([ChatRequest(yes.messages, params={"max_tokens": 2},
+                                                                   cut_ok=lambda s: "yes" in s.lower())],
+                                                       progress=False)[0]
+        assert r.ok and r.text == "Yes" and srv.stats()["max_tokens_seen"] == [2, 4]
