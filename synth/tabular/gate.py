@@ -6,10 +6,11 @@ stage's returned dict into ``manifest.json``, so ``manifest["gate"]["passed"]`` 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
-from orchard.dataio import file_hash, read_manifest
+from orchard.dataio import read_manifest
 from orchard.errors import GateFailed, InputError
 
 from .config import GateThresholds
@@ -74,25 +75,49 @@ def raise_if_failed(gate: dict, report_path: Path) -> None:
         raise GateFailed(f"privacy gate failed: {failing_summary(gate)}. Full report: {report_path}")
 
 
-def require_passing_gate(folder: str | Path) -> dict:
-    """Raise InputError unless ``folder``'s manifest records a passing gate; return that gate.
+def read_gated_records(folder: str | Path, split: str = "train") -> tuple[dict, list[dict]]:
+    """The one gate every consumer of gated records calls: ``(gate, rows)`` or InputError.
 
-    When the gate records the hash of ``train.parquet``, the file must still match it (a table swapped
-    in after the gate ran has not passed it).
+    Refuses a folder whose manifest records no passing gate, and a records file whose content hash is not
+    the one the gate recorded (a table swapped in after the gate ran has not passed it). The rows are parsed
+    from the very bytes that were hashed, so a file swapped between the check and the read cannot slip by.
     """
+    import io
+
+    import pyarrow.parquet as pq
+
     folder = Path(folder)
+    gate = _passing_gate(folder)
+    records = folder / f"{split}.parquet"
+    if not records.is_file():
+        raise InputError(f"no {records.name}: not a tabular records folder", path=folder, field="gate.records_sha256")
+    data = records.read_bytes()
+    if hashlib.sha256(data).hexdigest() != gate["records_sha256"]:
+        raise InputError(f"{records.name} changed after its privacy gate ran (its content hash is not the gate's); "
+                         "refusing to use it", path=records, field="gate.records_sha256")
+    return gate, pq.read_table(io.BytesIO(data)).to_pylist()
+
+
+def require_passing_gate(folder: str | Path) -> dict:
+    """Raise InputError unless ``folder`` holds records that passed their gate unchanged; return that gate."""
+    return read_gated_records(folder)[0]
+
+
+def _passing_gate(folder: Path) -> dict:
     manifest = read_manifest(folder)
     if not manifest:
-        raise InputError("no manifest.json: this folder was not produced by a gated tabular stage", path=folder)
+        raise InputError("no manifest.json: this folder was not produced by a gated tabular stage; refusing to use it",
+                         path=folder)
     gate = manifest.get("gate")
     if not isinstance(gate, dict) or "passed" not in gate:
-        raise InputError("the manifest has no privacy gate; run `orchard synth tabular` on the table first", path=folder / "manifest.json", field="gate.passed")
+        raise InputError("the manifest has no privacy gate; run `orchard synth tabular` on the table first",
+                         path=folder / "manifest.json", field="gate.passed")
     if gate["passed"] is not True:
-        failed = [k for k, c in (gate.get("checks") or {}).items() if not c.get("passed")]
-        raise InputError(f"the privacy gate did not pass (failed: {', '.join(failed) or 'unknown'})", path=folder / "manifest.json", field="gate.passed")
-    expected = gate.get("records_sha256")
-    if expected:
-        records = folder / "train.parquet"
-        if not records.exists() or file_hash(records) != expected:
-            raise InputError("train.parquet changed after its privacy gate ran", path=records, field="gate.records_sha256")
+        failed = [k for k, c in (gate.get("checks") or {}).items() if isinstance(c, dict) and not c.get("passed")]
+        raise InputError(f"the privacy gate did not pass (failed: {', '.join(failed) or 'unknown'}); refusing to use "
+                         "these records", path=folder / "manifest.json", field="gate.passed")
+    if not isinstance(gate.get("records_sha256"), str):
+        # Fail closed: without the hash nothing ties this gate to these records.
+        raise InputError("the gate records no content hash of its records, so it cannot vouch for them; re-run "
+                         "`orchard synth tabular`", path=folder / "manifest.json", field="gate.records_sha256")
     return gate
