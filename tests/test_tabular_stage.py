@@ -21,7 +21,7 @@ from orchard.synth.tabular.config import TabularConfig
 from orchard.synth.tabular.gate import require_passing_gate
 
 # Small anonymeter budgets keep each run to seconds; singling-out (slow, report-only) is off unless tested.
-FAST = dict(n_attacks=40, singling_out="off", target="vote")
+FAST = dict(n_attacks=40, singling_out="off", target="vote", synthesizer="gaussian_copula")
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ _CHUNK_ELEMENTS = 500_000  # distances per chunk: 4 MB blocks stay cache-friendl
 _MAX_TREE_DIMS = 12  # KD-trees prune well only in few dimensions
 
 
-def _numeric(s: pd.Series, sdtype: str) -> np.ndarray:
+def numeric_values(s: pd.Series, sdtype: str) -> np.ndarray:
     if sdtype == "datetime":
         dt = pd.to_datetime(s, errors="coerce")
         if getattr(dt.dt, "tz", None) is not None:
@@ -51,8 +51,8 @@ class _Encoded:
         self.d = len(num_cols) + len(cat_cols)
         self.n_codes: list[int] = []
         n, m = len(query), len(ref)
-        self.qn = np.column_stack([_numeric(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
-        self.rn = np.column_stack([_numeric(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
+        self.qn = np.column_stack([numeric_values(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
+        self.rn = np.column_stack([numeric_values(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
         with np.errstate(invalid="ignore"):
             self.rmin = np.nanmin(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
             self.rmax = np.nanmax(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
@@ -60,7 +60,7 @@ class _Encoded:
         if range_from is not None and num_cols:
             # Scale by another table's ranges (comparing distances to two references on one scale). It
             # must cover the reference, so in-range queries still never clip.
-            other = np.column_stack([_numeric(range_from[c], columns[c]) for c in num_cols])
+            other = np.column_stack([numeric_values(range_from[c], columns[c]) for c in num_cols])
             with np.errstate(invalid="ignore"):
                 self.range = np.nanmax(other, axis=0) - np.nanmin(other, axis=0)
         qc, rc = [], []
