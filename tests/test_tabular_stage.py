@@ -89,6 +89,9 @@ def test_holdout_never_reaches_the_synthesizer(honest, anes):
     assert len(holdout) == 100 and len(fitted) == split["train_rows"] == 300
     assert holdout.isdisjoint(fitted.index)  # row numbers of the source table
     real = pd.read_csv(anes)
+    # zero-inflated columns reach SDV with their zeros as missing values (fit.zero_inflated), nothing else changes
+    assert honest["result"]["metrics"]["quality_score"] > 0.8
+    fitted = fitted.fillna(0)
     pd.testing.assert_frame_equal(fitted.sort_index(), real.drop(index=sorted(holdout)), check_dtype=False)
 
 
@@ -105,12 +108,14 @@ def test_injected_real_rows_fail_the_gate(anes, tmp_path, monkeypatch):
     out, work = tmp_path / "out", tmp_path / "work"
     with pytest.raises(GateFailed) as e:
         tabular_stage(anes, out, work, TabularConfig(**FAST))
-    assert "exact_copy_excess = 0.2 (needs <= 0.0)" in str(e.value)
+    assert "exact_copy_excess = 0.18" in str(e.value) and "near_copy_excess" in str(e.value)
     assert not out.exists()  # nothing for downstream stages
     report = json.loads((work / "report" / "privacy_report.json").read_text())
     assert report["gate"]["passed"] is False
     assert report["metrics"]["distance"]["exact_copies"]["synthetic_rows_copied"] >= 60
-    assert report["gate"]["checks"]["dcr_p05_ratio"]["value"] == 0.0
+    # exact copies are the copy check's: the DCR ratios look only at rows that are not exact matches
+    assert report["metrics"]["distance"]["exact_copies"]["train_rows"] >= 55
+    assert report["gate"]["checks"]["dcr_p05_ratio"]["passed"] is True
     assert "FAILED" in (work / "report" / "privacy_report.md").read_text()
 
 
