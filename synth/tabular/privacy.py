@@ -73,8 +73,9 @@ def exchangeable_metrics(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: 
     - a *copy* is a synthetic row equal to a row of exactly one set (natural duplicates, rows common in the
       population, usually sit in several sets and do not count); the excess is the copies train owns beyond
       K times those the holdout owns, less the noise that the holdout's count allows;
-    - a *near copy* is the same within a small distance, at two scales: closer than any holdout row comes to
-      a train part, and closer than all but ``near_quantile`` of them; the larger excess counts;
+    - a *near copy* is the same within a small distance, at three scales: a quarter of the distance that the
+      closest holdout row comes to a train part, that distance, and the ``near_quantile`` of those
+      distances; the largest excess counts;
     - *closer to train* is tie-aware: the holdout wins a row when it is the closest set (ties share the win),
       1/(K+1) of rows by chance and none when rows are copied; rescaled so chance reads 0.5, copying all 1.0.
     """
@@ -89,8 +90,10 @@ def exchangeable_metrics(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: 
     tied = d == best
     hold_win = float(np.mean(tied[:, -1] / tied.sum(axis=1)))
     if len(pos):
-        scales = [{"quantile": q, "threshold": float(np.quantile(pos, q))} | _excess(_only_near(d, float(np.quantile(pos, q))), k, z)
-                  for q in (0.0, near_quantile)]
+        # three scales: a quarter of, and just, the closest any unseen row comes, and a low quantile; the
+        # finer the scale, the fewer honest rows fall under it and the fewer leaked rows it takes to fail
+        taus = [(0.0, float(pos.min()) / 4), (0.0, float(pos.min())), (near_quantile, float(np.quantile(pos, near_quantile)))]
+        scales = [{"quantile": q, "threshold": tau} | _excess(_only_near(d, tau), k, z) for q, tau in taus]
         near = {"excess": max(sc["excess"] for sc in scales), "scales": scales}
     else:  # every holdout row equals a training row: no scale for "near"; fails closed
         near = {"excess": None, "error": "no holdout row lies at a positive distance from train"}

@@ -122,8 +122,8 @@ def _distance_lines(d: dict) -> list[str]:
         lines.append(f"- Near copies: not measured ({nc['error']}).")
     else:
         for sc in nc["scales"]:
-            lines.append(f"- Near copies within {sc['threshold']:.4g} (closer than all but {sc['quantile']:.1%} of holdout "
-                         f"rows come to a train part): train owns {sc['train_rows']}, expected {sc['expected_train_rows']} "
+            lines.append(f"- Near copies within {sc['threshold']:.4g} (scale: {sc['quantile']:.1%} quantile of how close "
+                         f"holdout rows come to a train part): train owns {sc['train_rows']}, expected {sc['expected_train_rows']} "
                          f"(allowance {sc['noise_allowance_rows']}): excess {sc['excess']:.2%}.")
     lines += [
         f"- DCR to train, rows that are not exact matches: median synthetic {_fmt(pos_med['synthetic'])}, holdout "
