@@ -19,8 +19,7 @@ from orchard.dataio import atomic_write_json, content_hash, file_hash, write_spl
 from orchard.errors import InputError
 
 from . import fit as fit_mod
-from . import privacy
-from .evaluate import measure
+from .evaluate import distances, measure
 from .config import TabularConfig
 from .gate import evaluate_gate, raise_if_failed
 from .metadata import build_plan
@@ -108,8 +107,7 @@ def _measure_cached(cache: Path, name: str, train, hold, synthetic, plan, config
     path = cache / f"metrics-{name}.json"
     if path.exists():
         metrics = json.loads(path.read_text())
-        dist = privacy.distance_metrics(train, hold, synthetic, plan.eval_columns(), config.seed,
-                                        config.near_copy_quantile, config.copy_noise_z)
+        dist = distances(train, hold, synthetic, plan.eval_columns(), config)
         arrays = dist.pop("_arrays")
         metrics["distance"] = dist
         return metrics, arrays

@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 NEEDS_HOLDOUT = "not measured: no holdout (real rows kept out of the synthesizer's training) was given"
 
 
+def distances(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, eval_columns: dict[str, str],
+              config: TabularConfig) -> dict:
+    """The copy, near-copy and distance numbers with the config's noise allowance and scan level."""
+    return privacy.distance_metrics(train, holdout, synthetic, dict(eval_columns), config.seed, config.near_copy_quantile,
+                                    config.copy_noise_z, config.near_copy_alpha)
+
+
 def measure(train: pd.DataFrame, holdout: pd.DataFrame | None, synthetic: pd.DataFrame, eval_columns: dict[str, str],
             eval_metadata: dict, config: TabularConfig) -> tuple[dict, dict]:
     """``(metrics, arrays)``: distances, attacks, quality, per-column fidelity and utility (arrays for plots)."""
@@ -27,8 +34,7 @@ def measure(train: pd.DataFrame, holdout: pd.DataFrame | None, synthetic: pd.Dat
     metrics: dict = {}
     arrays: dict = {}
     if holdout is not None:
-        dist = privacy.distance_metrics(train, holdout, synthetic, cols, config.seed, config.near_copy_quantile,
-                                        config.copy_noise_z)
+        dist = distances(train, holdout, synthetic, cols, config)
         arrays = dist.pop("_arrays")
         metrics["distance"] = dist
         secrets = config.inference_secrets or ([config.target] if config.target else list(cols)[:3])

@@ -125,6 +125,14 @@ def _distance_lines(d: dict) -> list[str]:
             lines.append(f"- Near copies within {sc['threshold']:.4g} (scale: {sc['quantile']:.1%} quantile of how close "
                          f"holdout rows come to a train part): train owns {sc['train_rows']}, expected {sc['expected_train_rows']} "
                          f"(allowance {sc['noise_allowance_rows']}): excess {sc['excess']:.2%}.")
+        scan = nc.get("scan") or {}
+        if scan.get("thresholds"):
+            at = next(t for t in scan["thresholds"] if t["quantile"] == scan["at_quantile"])
+            lines.append(f"- Near copies scanned at {len(scan['thresholds'])} thresholds (low quantiles of the synthetic "
+                         f"rows' own distances, exact matches left to the copy check); strongest at the "
+                         f"{at['quantile']:.2%} quantile ({at['threshold']:.4g}): train owns {at['train_rows']}, expected "
+                         f"{at['expected_train_rows']}; one-sided p = {scan['p_value']:.3g} after Bonferroni (fails below "
+                         f"{scan['alpha']}): excess {scan['excess']:.2%}.")
     lines += [
         f"- DCR to train, rows that are not exact matches: median synthetic {_fmt(pos_med['synthetic'])}, holdout "
         f"{_fmt(pos_med['holdout'])} (ratio {_fmt(d['dcr']['median_ratio'])}); 5th percentile synthetic "
