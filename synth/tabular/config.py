@@ -93,8 +93,6 @@ class TabularConfig(BaseModel):
     )
     # The copy checks' noise allowance, in standard deviations of the holdout's count (privacy._excess).
     copy_noise_z: float = Field(2.0, ge=0.0)
-    # Near copies: closer to a training row than all but this share of unseen real rows come.
-    near_copy_quantile: float = Field(0.005, ge=0.0, lt=0.5)
     # Near copies, scanned at the synthetic rows' own low distance quantiles (privacy.near_copy_scan): the level
     # of its one-sided test, Bonferroni over the thresholds.
     near_copy_alpha: float = Field(0.01, gt=0.0, lt=1.0)

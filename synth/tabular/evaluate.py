@@ -23,8 +23,8 @@ NEEDS_HOLDOUT = "not measured: no holdout (real rows kept out of the synthesizer
 def distances(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: pd.DataFrame, eval_columns: dict[str, str],
               config: TabularConfig) -> dict:
     """The copy, near-copy and distance numbers with the config's noise allowance and scan level."""
-    return privacy.distance_metrics(train, holdout, synthetic, dict(eval_columns), config.seed, config.near_copy_quantile,
-                                    config.copy_noise_z, config.near_copy_alpha)
+    return privacy.distance_metrics(train, holdout, synthetic, dict(eval_columns), config.seed, config.copy_noise_z,
+                                    config.near_copy_alpha)
 
 
 def measure(train: pd.DataFrame, holdout: pd.DataFrame | None, synthetic: pd.DataFrame, eval_columns: dict[str, str],

@@ -121,10 +121,10 @@ def _distance_lines(d: dict) -> list[str]:
     if nc.get("error"):
         lines.append(f"- Near copies: not measured ({nc['error']}).")
     else:
-        for sc in nc["scales"]:
-            lines.append(f"- Near copies within {sc['threshold']:.4g} (scale: {sc['quantile']:.1%} quantile of how close "
-                         f"holdout rows come to a train part): train owns {sc['train_rows']}, expected {sc['expected_train_rows']} "
-                         f"(allowance {sc['noise_allowance_rows']}): excess {sc['excess']:.2%}.")
+        sc = nc["fixed"]
+        lines.append(f"- Near copies within {sc['threshold']:.4g} (a quarter of the closest any holdout row comes to a "
+                     f"train part, {sc['closest_holdout_distance']:.4g}): train owns {sc['train_rows']}, expected "
+                     f"{sc['expected_train_rows']} (allowance {sc['noise_allowance_rows']}): excess {sc['excess']:.2%}.")
         scan = nc.get("scan") or {}
         if scan.get("thresholds"):
             at = next(t for t in scan["thresholds"] if t["quantile"] == scan["at_quantile"])
