@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchard.errors import OrchardError
+from orchard.errors import GateFailed, OrchardError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -139,6 +139,12 @@ def main() -> None:
     _mount_subapps()
     try:
         app()
+    except GateFailed as e:
+        # A stage stopped on its privacy gate: exit 3 as `orchard synth tabular` does; 2 stays bad input.
+        from rich.markup import escape
+
+        err_console.print(f"[red]gate failed:[/red] {escape(str(e))}", highlight=False)
+        sys.exit(3)
     except OrchardError as e:
         err_console.print(f"[red]error:[/red] {e}")
         sys.exit(2)

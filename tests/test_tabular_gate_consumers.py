@@ -118,3 +118,20 @@ synth:
         Runner(recipe).run()
     assert srv.stats()["requests"] == 0
     assert not (tmp_path / "runs" / "tab" / "synth").exists()
+
+
+def test_orchard_run_exits_3_when_a_stage_stops_on_its_gate(tmp_path):
+    """`orchard run` tells a failed privacy gate (3) from bad input (2, tests/test_runner.py), like `synth tabular`."""
+    recipe = tmp_path / "gate.yaml"
+    recipe.write_text(f"""
+name: gate
+runs_dir: {tmp_path / 'runs'}
+tabular:
+  table: {ANES}
+  options: {{rows: 120, n_attacks: 20, singling_out: "off", synthesizer: gaussian_copula, gate: {{min_quality_score: 0.999}}}}
+""")
+    r = subprocess.run([str(Path(sys.executable).with_name("orchard")), "run", str(recipe)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "gate failed" in r.stderr and "quality_score" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "gate" / "tabular").exists()  # no records from a failed gate

@@ -290,3 +290,50 @@ def test_a_broken_measurement_fails_the_gate_closed_and_is_reported(anes, tmp_pa
         tabular_stage(anes, tmp_path / "out", work, TabularConfig(**FAST))
     md = (work / "report" / "privacy_report.md").read_text()
     assert "Not measured: ValueError: synthetic column is constant" in md
+
+
+def test_degenerate_columns_are_reported_and_left_to_the_other_checks(anes, tmp_path):
+    """An all-null column and constant ones are synthesized as they are, named in the report, and fail no check:
+    the gate judges the columns a synthesizer can learn from (they are compared too: missing 100% -> 100%)."""
+    df = pd.read_csv(anes).assign(empty=np.nan, const=7.0, flag="yes")
+    table = tmp_path / "degenerate.csv"
+    df.to_csv(table, index=False)
+    result = tabular_stage(table, tmp_path / "out", tmp_path / "work", TabularConfig(**{**FAST, "target": None}))
+    report = json.loads((tmp_path / "out" / "privacy_report.json").read_text())
+    assert report["degenerate_columns"] == {"empty": "all values missing", "const": "one value only (np.float64(7.0))",
+                                            "flag": "one value only ('yes')"}
+    assert result["gate"]["passed"] is True, result["gate"]
+    per = report["metrics"]["columns"]["per_column"]
+    assert per["empty"]["missing_real"] == per["empty"]["missing_synthetic"] == 1.0
+    md = (tmp_path / "out" / "privacy_report.md").read_text()
+    for c in ("empty", "const", "flag"):
+        assert f"Degenerate column `{c}`" in md
+    rows = pd.read_parquet(tmp_path / "out" / "train.parquet")
+    assert rows["empty"].isna().all() and (rows["const"] == 7.0).all() and (rows["flag"] == "yes").all()
+
+
+def test_utility_line_stays_when_the_train_on_real_baseline_is_not_above_zero(tmp_path):
+    """A target no column predicts: train-on-real R^2 on the holdout is below 0, so the ratio is undefined. The report
+    says so (the line used to vanish); a utility threshold then fails closed instead of dividing by it."""
+    from orchard.synth.tabular.check import tabular_check
+    from orchard.synth.tabular.config import GateThresholds
+
+    rng = np.random.default_rng(7)
+
+    def draw(n):
+        return pd.DataFrame({"x1": rng.normal(size=n).round(3), "x2": rng.normal(size=n).round(3),
+                             "noise": rng.normal(size=n).round(3)})
+
+    paths = {}
+    for name, n in (("train", 240), ("holdout", 80), ("synthetic", 240)):
+        paths[name] = tmp_path / f"{name}.csv"
+        draw(n).to_csv(paths[name], index=False)
+    cfg = TabularConfig(target="noise", n_attacks=20, singling_out="off")
+    out = tabular_check(paths["train"], paths["synthetic"], paths["holdout"], tmp_path / "r1", cfg)
+    u = json.loads((tmp_path / "r1" / "privacy_report.json").read_text())["metrics"]["utility"]
+    assert u["train_real_test_holdout"] <= 0 and u["ratio"] is None
+    assert "ratio not defined: the train-on-real score is not above 0" in (tmp_path / "r1" / "privacy_report.md").read_text()
+    assert "utility_ratio" not in out["gate"]["checks"]  # report-only by default: nothing to show
+    gated = cfg.model_copy(update={"gate": GateThresholds(min_utility_ratio=0.5)})
+    out = tabular_check(paths["train"], paths["synthetic"], paths["holdout"], tmp_path / "r2", gated)
+    assert out["gate"]["checks"]["utility_ratio"] == {**out["gate"]["checks"]["utility_ratio"], "value": None, "passed": False}

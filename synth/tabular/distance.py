@@ -40,6 +40,15 @@ def numeric_values(s: pd.Series, sdtype: str) -> np.ndarray:
     return pd.to_numeric(s, errors="coerce").astype("float64").to_numpy()
 
 
+def _nan_reduce(fn, x: np.ndarray) -> np.ndarray:
+    """Column-wise nanmin/nanmax; an all-missing column gives NaN without numpy's "All-NaN slice" warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(x, axis=0)
+
+
 class _Encoded:
     """Both tables encoded over the same columns: numbers (NaN for missing) and category codes."""
 
@@ -53,16 +62,14 @@ class _Encoded:
         n, m = len(query), len(ref)
         self.qn = np.column_stack([numeric_values(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
         self.rn = np.column_stack([numeric_values(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
-        with np.errstate(invalid="ignore"):
-            self.rmin = np.nanmin(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
-            self.rmax = np.nanmax(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
+        self.rmin = _nan_reduce(np.nanmin, self.rn) if m and num_cols else np.zeros(len(num_cols))
+        self.rmax = _nan_reduce(np.nanmax, self.rn) if m and num_cols else np.zeros(len(num_cols))
         self.range = self.rmax - self.rmin  # NaN when the reference column is all missing
         if range_from is not None and num_cols:
             # Scale by another table's ranges (comparing distances to two references on one scale). It
             # must cover the reference, so in-range queries still never clip.
             other = np.column_stack([numeric_values(range_from[c], columns[c]) for c in num_cols])
-            with np.errstate(invalid="ignore"):
-                self.range = np.nanmax(other, axis=0) - np.nanmin(other, axis=0)
+            self.range = _nan_reduce(np.nanmax, other) - _nan_reduce(np.nanmin, other)
         qc, rc = [], []
         for c in cat_cols:
             # Codes come from the reference's categories only: every query value the reference lacks is

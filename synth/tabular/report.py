@@ -50,6 +50,10 @@ def plot_columns(train: pd.DataFrame, synthetic: pd.DataFrame, columns: dict[str
             conv = (lambda s: pd.to_datetime(s, errors="coerce").astype("int64") / 86400e9) if columns[c] == "datetime" else (lambda s: pd.to_numeric(s, errors="coerce"))
             a, b = conv(train[c]).dropna(), conv(synthetic[c]).dropna()
             both = pd.concat([a, b])
+            if both.empty:  # a degenerate, all-missing column: nothing to draw
+                ax.text(0.5, 0.5, "all values missing", ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(c, fontsize=9)
+                continue
             bins = np.linspace(both.min(), both.max(), 25) if len(both) and both.min() < both.max() else 10
             ax.hist(a, bins=bins, alpha=0.6, density=True, label="real (train)")
             ax.hist(b, bins=bins, alpha=0.6, density=True, label="synthetic")
