@@ -152,10 +152,15 @@ def main() -> None:
                       f"fit {r['fit_sample_seconds']:.1f}s chosen {r['chosen']}", flush=True)
             if {"auto", "gaussian_copula", "tabular_argn"} <= set(names):
                 s = row["synthesizers"]
-                best = max(s["gaussian_copula"]["quality"], s["tabular_argn"]["quality"])
+                anchors = [s[a] for a in ("gaussian_copula", "tabular_argn")]
+                best = max(a["quality"] for a in anchors)
+                # an anchor whose rows fail the privacy gate could not be released: the second comparison
+                passing = max((a["quality"] for a in anchors if a["gate_passed"]), default=None)
                 row["target"] = {
                     "better_anchor_quality": best,
                     "quality_met": s["auto"]["quality"] >= best - 0.01,
+                    "better_passing_anchor_quality": passing,
+                    "quality_met_among_passing": passing is None or s["auto"]["quality"] >= passing - 0.01,
                     "zeros_met": (s["auto"]["zero_gap"] or 0.0) <= 0.07,
                 }
             results["tables"][name] = row
@@ -176,8 +181,12 @@ def print_table(results: dict) -> None:
                   f"{r['zero_gap'] or 0:>9.3f} {str(r['zero_gap_column']):<10} {gate:<8} {r['fit_sample_seconds']:>6.1f}  {r['chosen']}")
         t = row.get("target")
         if t:
+            among = ("no anchor passed its gate" if t["better_passing_anchor_quality"] is None else
+                     f"{'met' if t['quality_met_among_passing'] else 'NOT met'} against the anchors that passed their gate "
+                     f"(>= {t['better_passing_anchor_quality'] - 0.01:.3f})")
             print(f"{'':<10} target: quality >= {t['better_anchor_quality'] - 0.01:.3f}: "
-                  f"{'met' if t['quality_met'] else 'NOT met'}; zero shares within 0.07: {'met' if t['zeros_met'] else 'NOT met'}")
+                  f"{'met' if t['quality_met'] else 'NOT met'}; {among}; zero shares within 0.07: "
+                  f"{'met' if t['zeros_met'] else 'NOT met'}")
 
 
 if __name__ == "__main__":
