@@ -131,7 +131,9 @@ def exchangeable_metrics(train: pd.DataFrame, holdout: pd.DataFrame, synthetic: 
     if len(pos):
         tau = float(pos.min()) / 4
         fixed = {"threshold": tau, "closest_holdout_distance": float(pos.min())} | _excess(_only_near(d, tau), k, z)
-        scan = near_copy_scan(d, k, scan_alpha)
+        # Identical synthetic rows count once in the scan: its test treats rows as independent draws, and a
+        # synthesizer of discrete values (MST) repeats rows, which would count one real neighbour many times.
+        scan = near_copy_scan(d[~synthetic[list(columns)].duplicated().to_numpy()], k, scan_alpha)
         near = {"excess": max(fixed["excess"], scan["excess"]), "fixed": fixed, "scan": scan}
     else:  # every holdout row equals a training row: no scale for "near"; fails closed
         near = {"excess": None, "error": "no holdout row lies at a positive distance from train"}
