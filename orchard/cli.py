@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchard.errors import EXIT_CODES_HELP, OrchardError
+from orchard.errors import EXIT_CODES_HELP, GATE_FAILED_EXIT, GateFailed, OrchardError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -151,6 +151,11 @@ def main() -> None:
     _mount_subapps()
     try:
         app()
+    except GateFailed as e:
+        # A stage stopped on its privacy gate: its own code (3 is "items lost" for a run; `synth tabular` and
+        # `tabular-check` use 3, having no items to lose); 2 stays bad input.
+        err_console.print(f"[red]gate failed:[/red] {escape(str(e))}", highlight=False)
+        sys.exit(GATE_FAILED_EXIT)
     except OrchardError as e:
         # Not markup: "[instruction]" in "file:3 [instruction]: ..." is a field name, not a style.
         err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)

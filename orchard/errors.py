@@ -11,7 +11,9 @@ from __future__ import annotations
 OUTCOME_EXIT = {"complete": 0, "lost": 3, "short": 4, "empty": 5}
 EXIT_CODES_HELP = ("Exit codes: 0 complete; 2 bad input or a teacher error to fix; 3 items lost after every retry "
                    "(in rejected.parquet as lost:*; run again to ask again); 4 fewer rows than asked (--min-num, "
-                   "default --num); 5 nothing kept; 130 interrupted (run again to resume).")
+                   "default --num); 5 nothing kept; 6 a privacy gate failed (orchard run); 130 interrupted (run "
+                   "again to resume).")
+GATE_FAILED_EXIT = 6  # `orchard run` when a stage stops on a privacy gate (`synth tabular`/`tabular-check`: 3)
 
 
 class OrchardError(Exception):

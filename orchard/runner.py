@@ -203,6 +203,7 @@ class Runner:
     def _run_stage(self, name: str, forced: bool) -> StageOutcome:
         spec = self.specs[name]
         fp, input_hashes, config = self.fingerprint(name)
+        _check_gated_inputs(name, input_hashes)
         final = self.stage_dir(name)
         old = read_manifest(final)
         if not forced and old.get("fingerprint") == fp and old.get("status") == "complete":
@@ -301,6 +302,20 @@ class Runner:
         from orchard.report import write_run_report
 
         write_run_report(self.run_dir, [n for n in STAGE_ORDER if (self.run_dir / n / MANIFEST).exists()])
+
+
+def _check_gated_inputs(stage: str, input_hashes: dict) -> None:
+    """A stage never reads an upstream folder whose manifest carries a privacy gate unless that gate passed on
+    exactly the records in it (the tabular gate's one check: manifest gate plus content hash)."""
+    for info in input_hashes.values():
+        folder = Path(info["path"])
+        if folder.is_dir() and "gate" in read_manifest(folder):
+            from orchard.synth.tabular.gate import require_passing_gate
+
+            try:
+                require_passing_gate(folder)
+            except InputError as e:
+                raise InputError(f"stage '{stage}' refuses its input: {e}") from None
 
 
 class _Pending(Exception):

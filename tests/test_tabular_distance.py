@@ -72,10 +72,15 @@ def test_distance_metrics_copies_and_ratios():
     assert m["exact_copies"]["synthetic_rows_copied"] == 5
     assert m["exact_copies"]["synthetic_share"] == 0.5
     assert m["exact_copies"]["holdout_share"] == 0.0
-    assert m["exact_copies"]["excess"] == 0.5
+    # 5 copies owned by train, 5 rows owned by the holdout (its own rows): no excess over the holdout's count
+    ec = m["exact_copies"]
+    assert (ec["train_rows"], ec["holdout_rows"]) == (5, 5) and ec["excess"] == 0.0
     # holdout rows sit one unit (1/98 of the range) from a train row, half of them also off in category
     assert m["dcr"]["holdout_to_train"]["p50"] == pytest.approx(0.5 / 98, abs=1e-12)
-    assert m["dcr"]["median_ratio"] < 1.0
+    # the ratios leave out exact matches; a synthetic set of nothing but copies reads 0, not "1.0 (0/0)"
+    only = distance_metrics(train, hold, train.iloc[:10], COLS)
+    assert only["dcr"]["median_ratio"] == 0.0 and only["dcr"]["p05_ratio"] == 0.0
+    assert only["exact_copies"]["excess"] > 0
 
 
 def test_gate_thresholds_and_failure_message():
@@ -90,13 +95,20 @@ def test_gate_thresholds_and_failure_message():
     assert checks["exact_copy_excess"] == {"value": 0.1, "threshold": 0.0, "direction": "max", "passed": False, "gated": True}
     assert checks["dcr_median_ratio"]["passed"] and not checks["dcr_p05_ratio"]["passed"]
     assert checks["linkability_risk"]["passed"] is False  # not measured -> fails closed
-    assert checks["singling_out_risk"]["gated"] is False and checks["singling_out_risk"]["passed"]
+    # report-only never reads "passed"
+    assert checks["singling_out_risk"]["gated"] is False and checks["singling_out_risk"]["passed"] is None
     assert "utility_ratio" not in checks  # neither measured nor gated
     msg = failing_summary(gate)
     assert "exact_copy_excess = 0.1 (needs <= 0.0)" in msg and "dcr_p05_ratio = 0.3 (needs >= 0.5)" in msg
     with pytest.raises(GateFailed, match="linkability_risk = not measured"):
         raise_if_failed(gate, "report.md")
-    relaxed = GateThresholds(max_exact_copy_excess=0.2, min_dcr_p05_ratio=None, max_linkability_risk=None)
+    relaxed = GateThresholds(max_exact_copy_excess=0.2, min_dcr_p05_ratio=None, max_linkability_risk=None,
+                             max_near_copy_excess=None, min_column_shape=None, max_zero_share_diff=None,
+                             max_missing_share_diff=None, max_out_of_range_share=None)
+    relaxed_gate = evaluate_gate(metrics, relaxed)
+    # an attack that ran but was not measured fails even where its threshold is report-only
+    assert [k for k, c in relaxed_gate["checks"].items() if c["passed"] is False] == ["linkability_risk"]
+    metrics["anonymeter"]["linkability"] = {"value": 0.01}
     assert evaluate_gate(metrics, relaxed)["passed"] is True
 
 

@@ -19,7 +19,7 @@ from orchard.dataio import atomic_write_json, content_hash, file_hash, write_spl
 from orchard.errors import InputError
 
 from . import fit as fit_mod
-from . import privacy
+from .evaluate import distances, measure
 from .config import TabularConfig
 from .gate import evaluate_gate, raise_if_failed
 from .metadata import build_plan
@@ -60,8 +60,14 @@ def _check_config(config: TabularConfig, plan, path) -> None:
             import snsynth  # noqa: F401
         except ImportError:
             raise InputError(fit_mod.DP_UNAVAILABLE, field="dp_epsilon") from None
-        if config.synthesizer != "gaussian_copula":
+        if config.synthesizer not in ("auto", "gaussian_copula"):
             raise InputError("dp_epsilon uses smartnoise's MST; leave synthesizer at its default", field="synthesizer")
+    elif config.synthesizer == "tabular_argn":
+        from .select import engine_ineligible
+
+        why = engine_ineligible(plan)
+        if why:
+            raise InputError(f"synthesizer tabular_argn: {why}", field="synthesizer")
 
 
 def _records(synthetic: pd.DataFrame, provenance: dict) -> "datasets.Dataset":  # noqa: F821
@@ -76,19 +82,54 @@ def _records(synthetic: pd.DataFrame, provenance: dict) -> "datasets.Dataset":  
     return datasets.Dataset.from_pandas(df, preserve_index=False)
 
 
+def _cached_candidate(cache: Path):
+    """Load and save one candidate's synthetic rows and scores in the stage's cache (resume without refitting)."""
+    from .select import Candidate
+
+    def load(name):
+        syn, info = cache / f"synthetic-{name}.parquet", cache / f"candidate-{name}.json"
+        if syn.exists() and info.exists():
+            log.info("resuming: %s rows from %s", name, syn)
+            return Candidate(name, pd.read_parquet(syn), json.loads(info.read_text()))
+        return None
+
+    def save(cand):
+        tmp = cache / f".tmp-synthetic-{cand.name}.parquet"
+        cand.synthetic.to_parquet(tmp, index=False)
+        tmp.replace(cache / f"synthetic-{cand.name}.parquet")
+        atomic_write_json(cache / f"candidate-{cand.name}.json", cand.info)
+
+    return load, save
+
+
+def _measure_cached(cache: Path, name: str, train, hold, synthetic, plan, config) -> tuple[dict, dict]:
+    """Metrics of one candidate; the slow ones (attacks, quality) are cached, the distances recomputed for plots."""
+    path = cache / f"metrics-{name}.json"
+    if path.exists():
+        metrics = json.loads(path.read_text())
+        dist = distances(train, hold, synthetic, plan.eval_columns(), config)
+        arrays = dist.pop("_arrays")
+        metrics["distance"] = dist
+        return metrics, arrays
+    metrics, arrays = measure(train, hold, synthetic, plan.eval_columns(), plan.eval_metadata(), config)
+    atomic_write_json(path, metrics)
+    return metrics, arrays
+
+
 def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config: TabularConfig) -> dict:
     """Synthesize ``table_path``, measure privacy, gate, and write ``train.parquet`` plus the report to ``out_dir``.
 
     Returns the manifest dict (counts, metrics, ``gate``). Raises InputError for bad input (nothing written)
     and GateFailed when the gate fails (report in ``work_dir/report/``).
     """
+    from . import select
+
     t0 = time.perf_counter()
     table_path, out_dir, work_dir = Path(table_path), Path(out_dir), Path(work_dir)
     df = read_table(table_path)
     plan = build_plan(df, config.metadata)
     _check_config(config, plan, table_path)
     train, hold = split_holdout(plan.data, config.holdout, config.seed, config.min_holdout_rows, table_path)
-    n_rows = config.rows or len(train)
     table_hash = file_hash(table_path)
     meta_hash = file_hash(config.metadata) if config.metadata else None
 
@@ -98,62 +139,61 @@ def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config:
     # Which source rows were held out (row numbers only, never values): lets an auditor check the split.
     atomic_write_json(cache / "split.json", {"holdout_rows": sorted(int(i) for i in hold.index), "train_rows": len(train)})
 
-    syn_path = cache / "synthetic.parquet"
-    fit_seconds = 0.0
-    if syn_path.exists():
-        synthetic = pd.read_parquet(syn_path)
-        log.info("resuming: synthetic rows from %s", syn_path)
-    else:
-        t = time.perf_counter()
-        synthetic = fit_mod.fit_sample(plan, train, n_rows, config)
-        fit_seconds = time.perf_counter() - t
-        tmp = cache / ".tmp-synthetic.parquet"
-        synthetic.to_parquet(tmp, index=False)
-        tmp.replace(syn_path)
+    load, save = _cached_candidate(cache)
+    auto = config.synthesizer == "auto" and config.dp_epsilon is None
+    selection: dict = {"mode": "auto" if auto else "fixed"}
+    if auto:
+        # The candidates learn from train less a validation share; those rows score them and are then
+        # neither training rows (the synthesizer never saw them) nor holdout rows (they chose it).
+        from sklearn.model_selection import train_test_split
 
-    columns = plan.eval_columns()
-    metrics_path = cache / "metrics.json"
+        fit_rows, validation = train_test_split(train, test_size=config.validation, random_state=config.seed)
+        n_rows = config.rows or len(train)
+        cands, skipped = select.fit_candidates(plan, fit_rows, validation, n_rows, config, cache / "workspace", load, save)
+        selection |= {"validation_rows": len(validation), "skipped": skipped, "time_budget_s": config.time_budget_s}
+        train = fit_rows
+    else:
+        name = "smartnoise_mst" if config.dp_epsilon else config.synthesizer
+        n_rows = config.rows or len(train)
+        cand = load(name)
+        if cand is None:
+            cand = select.fit_one(name if name != "smartnoise_mst" else "gaussian_copula", plan, train, n_rows, config,
+                                  config.time_budget_s, cache / "workspace")
+            cand.name = name
+            save(cand)
+        cands = [cand]
     t = time.perf_counter()
-    dist = privacy.distance_metrics(train, hold, synthetic, columns, config.seed)
-    arrays = dist.pop("_arrays")
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        metrics["distance"] = dist
-    else:
-        secrets = config.inference_secrets or ([config.target] if config.target else list(columns)[:3])
-        metrics = {"distance": dist}
-        metrics["anonymeter"] = privacy.anonymeter_risks(
-            train, hold, synthetic, list(columns), config.n_attacks, secrets, config.seed,
-            config.singling_out, config.singling_out_attacks
-        )
-        # A measurement that breaks is recorded, not fatal: its gate check then fails closed ("not
-        # measured") and the report still tells the user what happened.
-        try:
-            metrics["quality"] = privacy.quality(train, synthetic, plan.eval_metadata())
-        except Exception as e:  # SDMetrics raises assorted errors on unusual columns
-            log.warning("quality report failed: %s", e)
-            metrics["quality"] = {"score": None, "error": f"{type(e).__name__}: {e}"}
-        if config.target:
-            try:
-                metrics["utility"] = privacy.utility(train, hold, synthetic, columns, config.target, config.seed)
-            except Exception as e:  # e.g. a target with a single class in the synthetic rows
-                log.warning("utility test failed: %s", e)
-                metrics["utility"] = {"ratio": None, "error": f"{type(e).__name__}: {e}"}
-        atomic_write_json(metrics_path, metrics)
+    tried, results = [], []
+    for cand in cands:
+        metrics, arrays = _measure_cached(cache, cand.name, train, hold, cand.synthetic, plan, config)
+        gate = evaluate_gate(metrics, config.gate)
+        results.append((cand, metrics, arrays, gate))
+        tried.append({"synthesizer": cand.name, **cand.info, "gate_passed": gate["passed"],
+                      "quality_score": (metrics.get("quality") or {}).get("score")})
+        if gate["passed"]:
+            break
     eval_seconds = time.perf_counter() - t
-
-    gate = evaluate_gate(metrics, config.gate)
+    # the first that passed, or (none passed) the best-ranked one, whose failing report the user sees
+    chosen, metrics, arrays, gate = results[-1] if results[-1][3]["passed"] else results[0]
+    selection["candidates"] = tried + [{"synthesizer": c.name, **c.info, "gate_passed": None} for c in cands[len(tried):]]
+    selection["chosen"] = chosen.name
+    selection["why"] = _why(selection, gate["passed"])
+    synthetic = chosen.synthetic
+    columns = plan.eval_columns()
     report = {
-        "synthesizer": "smartnoise_mst" if config.dp_epsilon else config.synthesizer,
+        "synthesizer": chosen.name,
         "epsilon": config.dp_epsilon,
         "differentially_private": config.dp_epsilon is not None,
         "table_hash": table_hash,
-        "rows": {"table": len(df), "train": len(train), "holdout": len(hold), "synthetic": len(synthetic)},
+        "rows": {"table": len(df), "train": len(train), "holdout": len(hold), "synthetic": len(synthetic),
+                 **({"validation": selection["validation_rows"]} if auto else {})},
         "dropped_columns": plan.dropped,
         "faked_columns": plan.faked,
+        "degenerate_columns": metrics["columns"]["degenerate"],
+        "selection": selection,
         "gate": gate,
         "metrics": metrics,
-        "seconds": {"fit_sample": round(fit_seconds, 3), "evaluate": round(eval_seconds, 3)},
+        "seconds": {"fit_sample": sum(c.info.get("fit_sample_seconds", 0.0) for c in cands), "evaluate": round(eval_seconds, 3)},
     }
     if not gate["passed"]:
         write_report(work_dir / "report", report, arrays, train, synthetic, columns)
@@ -171,6 +211,7 @@ def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config:
     return {
         "counts": {"train": len(synthetic), "real_train": len(train), "real_holdout": len(hold)},
         "synthesizer": report["synthesizer"],
+        "selection": {k: selection[k] for k in ("mode", "chosen", "why")},
         "epsilon": config.dp_epsilon,
         "table_hash": table_hash,
         "gate": gate,
@@ -182,3 +223,17 @@ def tabular_stage(table_path: str | Path, out_dir: Path, work_dir: Path, config:
         },
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _why(selection: dict, passed: bool) -> str:
+    """One sentence for the report: which synthesizer and why."""
+    if selection["mode"] != "auto":
+        return f"{selection['chosen']} was asked for."
+    tried = selection["candidates"]
+    parts = [f"{c['synthesizer']}: validation quality {c.get('validation_quality') if c.get('validation_quality') is None else round(c['validation_quality'], 3)}, "
+             f"columns {c.get('column_checks')}" + ("" if c.get("gate_passed") is None else f", gate {'passed' if c['gate_passed'] else 'failed'}")
+             for c in tried]
+    skipped = "".join(f" {k} not tried: {v}." for k, v in selection.get("skipped", {}).items())
+    head = (f"{selection['chosen']} ranked best of the candidates that passed the gate" if passed
+            else "no candidate passed the gate; the report shows the best-ranked one")
+    return f"{head} ({'; '.join(parts)}).{skipped}"

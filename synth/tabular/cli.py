@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchard.errors import OrchardError
+from orchard.errors import GateFailed, OrchardError
 
 from .config import TabularConfig
 
@@ -43,7 +43,9 @@ def tabular(
     table: Path = typer.Argument(..., help="real table, CSV or Parquet"),
     out: Path = typer.Option(..., "--out", "-o", help="dataset folder to write (train.parquet, privacy report)"),
     metadata: Optional[Path] = typer.Option(None, "--metadata", help="YAML overriding SDV's detected metadata"),
-    synthesizer: str = typer.Option("gaussian_copula", "--synthesizer", help="gaussian_copula|ctgan|tvae|copulagan"),
+    synthesizer: str = typer.Option("auto", "--synthesizer",
+                                    help="auto (best of gaussian_copula and tabular_argn)|gaussian_copula|tabular_argn|ctgan|tvae|copulagan"),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="auto: seconds for fitting the candidates (default 120)"),
     rows: Optional[int] = typer.Option(None, "--rows", help="synthetic rows (default: as many as the train split)"),
     holdout: float = typer.Option(0.25, "--holdout", help="share of real rows the synthesizer never sees"),
     target: Optional[str] = typer.Option(None, "--target", help="column for the utility test (TSTR)"),
@@ -53,25 +55,76 @@ def tabular(
 ) -> None:
     """Synthesize TABLE, measure privacy against a holdout, and write the records only if the gate passes.
 
+    Exit codes: 0 gate passed, 3 gate failed (report in the work folder), 2 bad input.
+
     Example: orchard synth tabular patients.csv --out data/patients_synth --target readmitted --holdout 0.25
     """
+    config = _config(lambda: TabularConfig(
+        metadata=str(metadata) if metadata else None, synthesizer=synthesizer, rows=rows, holdout=holdout,
+        target=target, epochs=epochs, dp_epsilon=dp_epsilon, seed=seed,
+        **({"time_budget_s": time_budget} if time_budget else {}),
+    ))
+    result = _exit_codes(lambda: _standalone(table, out, config))
+    _print_gate(result["gate"])
+    typer.echo(f"wrote {result['counts']['train']} synthetic rows ({result['synthesizer']}) to {out / 'train.parquet'}; "
+               f"report: {out / 'privacy_report.md'}")
+
+
+def _exit_codes(run):
+    """0 gate passed, 3 gate failed (the report says why), 2 bad input."""
     try:
-        config = TabularConfig(
-            metadata=str(metadata) if metadata else None, synthesizer=synthesizer, rows=rows, holdout=holdout,
-            target=target, epochs=epochs, dp_epsilon=dp_epsilon, seed=seed,
-        )
-    except ValueError as e:  # pydantic's validation error names the bad option
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    try:
-        result = _standalone(table, out, config)
+        return run()
+    except GateFailed as e:
+        typer.echo(f"gate failed: {e}", err=True)
+        raise typer.Exit(3) from None
     except OrchardError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    gate = result["gate"]
+
+
+def _print_gate(gate: dict) -> None:
     typer.echo(f"gate: {'PASSED' if gate['passed'] else 'FAILED'}")
     for name, c in gate["checks"].items():
-        thr = "report only" if c["threshold"] is None else c["threshold"]
-        value = c["value"] if not isinstance(c["value"], float) else round(c["value"], 4)
-        typer.echo(f"  {name:<26} {value!s:<10} threshold {thr}")
-    typer.echo(f"wrote {result['counts']['train']} synthetic rows to {out / 'train.parquet'}; report: {out / 'privacy_report.md'}")
+        value = "not measured" if c["value"] is None else (round(c["value"], 4) if isinstance(c["value"], float) else c["value"])
+        result = "report only" if c["passed"] is None else ("passed" if c["passed"] else "FAILED")
+        thr = "" if c["threshold"] is None else f" (limit {c['threshold']})"
+        col = f" [{c['column']}]" if c.get("column") else ""
+        typer.echo(f"  {name:<26} {value!s:<12} {result}{thr}{col}")
+
+
+@app.command("tabular-check")
+def tabular_check_cmd(
+    train: Path = typer.Argument(..., help="the real rows the other tool learnt from (CSV or Parquet)"),
+    synthetic: Path = typer.Argument(..., help="the synthetic table it made (CSV or Parquet)"),
+    holdout: Optional[Path] = typer.Option(None, "--holdout", help="real rows kept out of its training (CSV or Parquet)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the privacy report"),
+    target: Optional[str] = typer.Option(None, "--target", help="column for the utility test (needs --holdout)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Gate a synthetic table made by any tool: the same report and checks as `synth tabular`.
+
+    Exit codes: 0 gate passed, 3 gate failed, 2 bad input. Without --holdout the checks that need unseen
+    real rows are reported as not measured and the gate fails.
+
+    Example: orchard synth tabular-check train.csv ctgan_output.csv --holdout holdout.csv --out reports/ctgan
+    """
+    from .check import tabular_check
+
+    config = _config(lambda: TabularConfig(target=target, seed=seed))
+
+    def run():
+        result = tabular_check(train, synthetic, holdout, out, config)
+        _print_gate(result["gate"])
+        typer.echo(f"report: {result['report']}")
+        if not result["gate"]["passed"]:
+            raise typer.Exit(3)
+
+    _exit_codes(run)
+
+
+def _config(make) -> TabularConfig:
+    try:
+        return make()
+    except ValueError as e:  # pydantic's validation error names the bad option
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None

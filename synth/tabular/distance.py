@@ -30,7 +30,7 @@ _CHUNK_ELEMENTS = 500_000  # distances per chunk: 4 MB blocks stay cache-friendl
 _MAX_TREE_DIMS = 12  # KD-trees prune well only in few dimensions
 
 
-def _numeric(s: pd.Series, sdtype: str) -> np.ndarray:
+def numeric_values(s: pd.Series, sdtype: str) -> np.ndarray:
     if sdtype == "datetime":
         dt = pd.to_datetime(s, errors="coerce")
         if getattr(dt.dt, "tz", None) is not None:
@@ -38,6 +38,15 @@ def _numeric(s: pd.Series, sdtype: str) -> np.ndarray:
         secs = dt.astype("datetime64[ns]").astype("int64").astype("float64") / 1e9
         return np.where(dt.isna().to_numpy(), np.nan, secs)
     return pd.to_numeric(s, errors="coerce").astype("float64").to_numpy()
+
+
+def _nan_reduce(fn, x: np.ndarray) -> np.ndarray:
+    """Column-wise nanmin/nanmax; an all-missing column gives NaN without numpy's "All-NaN slice" warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(x, axis=0)
 
 
 class _Encoded:
@@ -51,18 +60,16 @@ class _Encoded:
         self.d = len(num_cols) + len(cat_cols)
         self.n_codes: list[int] = []
         n, m = len(query), len(ref)
-        self.qn = np.column_stack([_numeric(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
-        self.rn = np.column_stack([_numeric(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
-        with np.errstate(invalid="ignore"):
-            self.rmin = np.nanmin(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
-            self.rmax = np.nanmax(self.rn, axis=0) if m and num_cols else np.zeros(len(num_cols))
+        self.qn = np.column_stack([numeric_values(query[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((n, 0))
+        self.rn = np.column_stack([numeric_values(ref[c], columns[c]) for c in num_cols]) if num_cols else np.zeros((m, 0))
+        self.rmin = _nan_reduce(np.nanmin, self.rn) if m and num_cols else np.zeros(len(num_cols))
+        self.rmax = _nan_reduce(np.nanmax, self.rn) if m and num_cols else np.zeros(len(num_cols))
         self.range = self.rmax - self.rmin  # NaN when the reference column is all missing
         if range_from is not None and num_cols:
             # Scale by another table's ranges (comparing distances to two references on one scale). It
             # must cover the reference, so in-range queries still never clip.
-            other = np.column_stack([_numeric(range_from[c], columns[c]) for c in num_cols])
-            with np.errstate(invalid="ignore"):
-                self.range = np.nanmax(other, axis=0) - np.nanmin(other, axis=0)
+            other = np.column_stack([numeric_values(range_from[c], columns[c]) for c in num_cols])
+            self.range = _nan_reduce(np.nanmax, other) - _nan_reduce(np.nanmin, other)
         qc, rc = [], []
         for c in cat_cols:
             # Codes come from the reference's categories only: every query value the reference lacks is

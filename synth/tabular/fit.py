@@ -38,9 +38,17 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def build_synthesizer(plan: TablePlan, config: TabularConfig):
+def build_synthesizer(plan: TablePlan, config: TabularConfig, nullable: list[str] = ()):
     import sdv.single_table
 
+    metadata = plan.metadata
+    if nullable:  # columns whose zeros are handed to SDV as missing values (zero_inflated)
+        from sdv.metadata import Metadata
+
+        spec = metadata.to_dict()
+        for c in nullable:
+            spec["tables"][TABLE]["columns"][c]["range_is_nullable"] = True
+        metadata = Metadata.load_from_dict(spec)
     cls = getattr(sdv.single_table, SDV_CLASSES[config.synthesizer])
     kwargs = {}
     if config.synthesizer != "gaussian_copula":
@@ -49,7 +57,7 @@ def build_synthesizer(plan: TablePlan, config: TabularConfig):
             kwargs["epochs"] = config.epochs
         if config.batch_size is not None:
             kwargs["batch_size"] = config.batch_size
-    synth = cls(plan.metadata, **kwargs)
+    synth = cls(metadata, **kwargs)
     if plan.constraints:
         synth.add_constraints(plan.constraints)
     return synth
@@ -60,16 +68,47 @@ def fit_sample(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Tabula
     _seed_everything(config.seed)
     if config.dp_epsilon is not None:
         return _fit_sample_dp(plan, train, n_rows, config)
+    zero_cols = zero_inflated(plan, train)
     with warnings.catch_warnings():
         # SDV's advice to save metadata and to buy range extrapolation is noise in a stage's log.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"sdv\.")
-        synth = build_synthesizer(plan, config)
+        synth = build_synthesizer(plan, config, zero_cols)
         # SDV 2 fits on a dict of tables and samples a dict back.
-        synth.fit({TABLE: train})
+        synth.fit({TABLE: _zeros_to_missing(train, zero_cols)})
         out = synth.sample(num_rows=n_rows)
     if isinstance(out, dict):
         out = out[TABLE]
-    return out[list(train.columns)].reset_index(drop=True)
+    out = out[list(train.columns)].reset_index(drop=True)
+    for c in zero_cols:
+        out[c] = out[c].fillna(0).astype(train[c].dtype)
+    return out
+
+
+def zero_inflated(plan: TablePlan, train: pd.DataFrame, min_share: float = 0.05) -> list[str]:
+    """Numerical columns with at least ``min_share`` exact zeros and no missing values.
+
+    SDV's copula models a number as one continuous marginal, so a spike of zeros (a count that is 0 for most
+    people) is smeared into small values: anes96's popul went from 24% zeros to 1%, fair's affairs from 68%
+    to 8%. SDV models missing values as a separate indicator that takes part in the correlations, so these
+    zeros are handed to it as missing values and turned back into zeros after sampling.
+    """
+    out = []
+    for c, t in plan.eval_columns().items():
+        if t != "numerical" or c not in train or train[c].isna().any():
+            continue
+        share = float((pd.to_numeric(train[c], errors="coerce") == 0).mean())
+        if min_share <= share < 1.0:
+            out.append(c)
+    return out
+
+
+def _zeros_to_missing(train: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    if not cols:
+        return train
+    train = train.copy()
+    for c in cols:
+        train[c] = train[c].astype("float64").where(train[c] != 0)
+    return train
 
 
 def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: TabularConfig) -> pd.DataFrame:

@@ -178,6 +178,11 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
         faked[col] = sdtype
     table_meta = metadata.to_dict()["tables"][TABLE]
     pk = spec.get("primary_key")
+    detected_pk = table_meta.get("primary_key")
+    if detected_pk and detected_pk != pk and table_meta["columns"][detected_pk]["sdtype"] in STATISTICAL + ("ordinal",):
+        # SDV takes any column of unique integers for a key (gapminder's `pop`); a YAML that gives it a
+        # statistical type means it is data, so it stops being the key instead of failing SDV's validation.
+        metadata.remove_primary_key(table_name=TABLE)
     if pk is not None:
         check_col(pk, "primary_key")
         if table_meta["columns"][pk]["sdtype"] in STATISTICAL + ("ordinal",):
