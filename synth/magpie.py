@@ -128,8 +128,10 @@ class Magpie(Method):
         res = await pool.submit(ChatRequest(
             prompt=head, params={"temperature": mp.temperature, "top_p": mp.top_p, "max_tokens": mp.max_tokens,
                                  "stop": stops},
-            seed=request_seed(cfg.seed, 31, i), tag=f"magpie:q{i}"))
+            seed=request_seed(cfg.seed, 31, i), tag=f"magpie:q{i}", max_tokens_cap=2 * mp.max_tokens))
         if not res.ok:
+            if res.reason == "truncated":  # still cut off at twice the budget: a ramble, not a question
+                return res, system, None, "magpie:instruction_too_long", {}
             return res, system, None, None, {}
         text = clean_instruction(res.text, stops)
         reason, detail = instruction_reason(text, cfg.filters), {}
@@ -144,7 +146,7 @@ class Magpie(Method):
         it = self._item(i)
         common = dict(seed_id=it["seed_id"], parent_id=it["parent_id"])
         self.ledger.count("generated")
-        if not res.ok:
+        if not res.ok and reason is None:
             self.ledger.lose("", res, "instruction", **common, item=i)
             return []
         if reason is None and self.cfg.filters.near_dup.enabled:
@@ -164,13 +166,20 @@ class Magpie(Method):
         from .teacher import ChatRequest
 
         mp = self.mp
+        system = [{"role": "system", "content": mp.response_system_prompt}] if mp.response_system_prompt else []
+        # One more try with twice the tokens at most: a small teacher's answer that long is mostly a loop.
         return await pool.submit(ChatRequest(
-            messages=user(cand["instruction"]),
+            messages=system + user(cand["instruction"]),
             params={"temperature": mp.response_temperature, "max_tokens": mp.response_max_tokens},
-            seed=request_seed(self.cfg.seed, 32, cand["i"]), tag=f"magpie:a{cand['i']}"), priority=-1)
+            seed=request_seed(self.cfg.seed, 32, cand["i"]), tag=f"magpie:a{cand['i']}",
+            max_tokens_cap=2 * mp.response_max_tokens), priority=-1)
 
     def conclude(self, cand: dict, res) -> dict | None:
         common = dict(seed_id=cand["seed_id"], parent_id=cand["parent_id"])
+        if not res.ok and res.reason == "truncated":  # an answer of the item, not a fault of the teacher
+            self.ledger.reject(cand["instruction"], "magpie:response_too_long", "response", **common,
+                               detail={"item": cand["i"], "max_tokens": 2 * self.mp.response_max_tokens})
+            return None
         if not res.ok:
             self.ledger.lose(cand["instruction"], res, "response", **common, item=cand["i"])
             return None

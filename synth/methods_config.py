@@ -79,7 +79,11 @@ class MagpieConfig(_Strict):
     top_p: float = Field(default=0.9, gt=0, le=1)
     max_tokens: int = Field(default=96, ge=8, description="for the instruction")
     response_temperature: float = Field(default=0.3, ge=0, le=2)
-    response_max_tokens: int = Field(default=320, ge=8)
+    response_max_tokens: int = Field(default=320, ge=8, description="asked again once with twice this when cut "
+                                                                    "off; still cut off: rejected as too long")
+    response_system_prompt: Optional[str] = Field(
+        default=None, description="system prompt for the answers only (the rows keep user + assistant turns), "
+                                  "e.g. asking a rambling small teacher for brevity")
     attempts_per_pair: float = Field(default=3.0, ge=1, description="cap: at most num x this many items tried")
     max_attempts: Optional[int] = Field(default=None, ge=1, description="cap on items tried (overrides the ratio)")
 

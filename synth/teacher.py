@@ -101,6 +101,7 @@ class ChatRequest:
     check: Optional[Callable[[str], Optional[str]]] = None
     cut_ok: Optional[Callable[[str], bool]] = None
     prompt: Optional[str] = None
+    max_tokens_cap: Optional[int] = None  # this request's own cap on re-asking a cut-off answer (not in the key)
 
     def prompt_messages(self) -> list[dict]:
         """What was sent, as messages (a raw prompt as one user message), for logs and usage estimates."""
@@ -545,7 +546,8 @@ class Teacher:
         acc["bad_answers"] = acc.get("bad_answers", 0) + 1
         cap = None
         if kind == "truncated" and sent_max:
-            cap = self.config.max_tokens_cap or 4 * int(self._params(req).get("max_tokens") or sent_max)
+            cap = req.max_tokens_cap or self.config.max_tokens_cap or 4 * int(self._params(req).get("max_tokens")
+                                                                              or sent_max)
             acc["max_tokens"] = min(cap, 2 * int(sent_max))
         # Each of these answers was paid for: ask again, but only a couple of times, and never with a budget
         # that already gave a cut-off answer (the same request would be cut off again).
