@@ -185,6 +185,9 @@ def eval_stage(sft_data_dir: Path, pairs_dir: Path | None, sft_dir: Path, dpo_di
     return metrics
 
 
+MIN_JUDGE_CONSISTENCY = 0.6  # share of prompts whose two orders agree, below which the judge decides no verdict
+
+
 def stage_verdicts(names: list[str], scores: dict[str, dict], wr: dict[str, dict]) -> dict:
     """Each trained policy against the one it was trained from (SFT against the base, DPO against SFT): judge
     win-rate, held-out loss and general-text loss (forgetting, against the base), each with its interval, and one
@@ -205,6 +208,11 @@ def stage_verdicts(names: list[str], scores: dict[str, dict], wr: dict[str, dict
             v["general_loss_vs_base"] = loss_change_summary(scores[name]["general"]["per_example"],
                                                             scores["base"]["general"]["per_example"])
         primary = v.get("win_rate", {}).get("verdict")
+        consistency = v.get("win_rate", {}).get("order_consistency")
+        if primary not in (None, "not measured") and (consistency is None or consistency < MIN_JUDGE_CONSISTENCY):
+            # A judge whose verdict flips when the answers swap places is guessing: its win-rate decides nothing.
+            v["win_rate"]["unreliable"] = True
+            primary = None
         v["verdict"] = primary if primary not in (None, "not measured") else v["heldout_loss"]["verdict"]
         v["verdict_from"] = "judge win-rate" if primary not in (None, "not measured") else "held-out loss"
         out[name] = v
@@ -298,13 +306,17 @@ def _verdict_lines(m: dict) -> list[str]:
             w = v.get("win_rate")
             wtxt = (f"{w['win_rate']:.2f} ({w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}), {w['judged']} prompts"
                     if w and w.get("ci95") else "not measured")
+            if w and w.get("unreliable"):
+                wtxt += f"; judge unreliable (orders agree {w['order_consistency'] or 0:.0%})"
             h, g = v["heldout_loss"], v.get("general_loss_vs_base")
             htxt = f"{h['mean_change']:+.3f} ({_ci(h['ci95'])}): {h['verdict']}" if h["mean_change"] is not None else "–"
             gtxt = f"{g['mean_change']:+.3f} ({_ci(g['ci95'])}): {g['verdict']}" if g and g["mean_change"] is not None else "–"
             lines.append(f"| {name} | {v['against']} | **{v['verdict']}** (by {v['verdict_from']}) | {wtxt} | "
                          f"{htxt} | {gtxt} |")
         lines += ["", "A verdict is 'better' or 'worse' only when the whole 95% interval (bootstrap over prompts) "
-                      "is on one side; otherwise 'no change'.", ""]
+                      "is on one side; otherwise 'no change'. It comes from the judge's win-rate when the judge "
+                      f"gives the same verdict with the answers swapped on at least {MIN_JUDGE_CONSISTENCY:.0%} of "
+                      "prompts, else from the held-out loss.", ""]
     return lines
 
 

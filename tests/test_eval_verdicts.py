@@ -71,6 +71,9 @@ def test_stage_verdicts_flag_a_perplexity_jump():
     v = stage_verdicts(["base", "sft", "dpo"], scores, wr)
     assert v["sft"]["verdict"] == "better" and v["sft"]["verdict_from"] == "judge win-rate"
     assert v["dpo"]["win_rate"]["verdict"] == "no change" and v["dpo"]["heldout_loss"]["verdict"] == "worse"
+    # the DPO judge never agreed with itself across orders: the held-out loss decides its verdict
+    assert v["dpo"]["win_rate"]["unreliable"] and v["dpo"]["verdict"] == "worse"
+    assert v["dpo"]["verdict_from"] == "held-out loss"
     m = {"perplexity": {"base": 160.0, "sft": 158.0, "dpo": 448.0}}
     lines = regressions(v, m)
     assert len(lines) == 1 and "dpo raises held-out perplexity from 158 to 448" in lines[0]
