@@ -39,14 +39,18 @@ def _judged_scores(judged_dir: Path, candidates_dir: Path) -> tuple[list[float],
     names = next((provenance(c).get("policies") for c in cands if provenance(c).get("policies")), None)
     decided: dict[str, tuple[float, bool]] = {}
     by_id = {c["id"]: c for c in cands}
+    by_prompt = {json.dumps(list(c["prompt"]), sort_keys=True): c for c in cands}
     for j in read_rows(judged_dir):
-        c = by_id.get(provenance(j).get("parent_id"))
+        # synth's judge names the candidate row it judged (parent_id); older folders are matched by prompt
+        c = by_id.get(provenance(j).get("parent_id")) or by_prompt.get(json.dumps(list(j["prompt"]), sort_keys=True))
         if c is None:
             continue
         pw = provenance(j).get("pairwise") or {}
         chosen = j["chosen"][-1]["content"].strip()
         a, b = c["completions"][0].strip(), c["completions"][1].strip()
         score = 1.0 if chosen == a and chosen != b else 0.0 if chosen == b and chosen != a else 0.5
+        if pw.get("winner") == "tie":
+            score = 0.5
         decided[c["id"]] = (score, bool(pw.get("orders_agree", True)))
     # Identical answers need no judge: a tie whichever way it is asked.
     for c in cands:
