@@ -5,12 +5,11 @@ position bias instead of letting it pick winners.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import mean
 
 from .parsing import ParseError, parse_pairwise, parse_rating
 from .self_instruct import request_seed, user
-from .teacher import _replace
 from .templates import load_template
 
 
@@ -91,7 +90,7 @@ class Judge:
                                         json=self.pair_json, tag=f"pairwise:{i}:{order}"))
         res = self.teacher.chat_many(reqs) if reqs else []
         if prefill:  # the verdict reads as one sentence with its beginning
-            res = [_replace(r, text=prefill + r.text) if r.ok else r for r in res]
+            res = [replace(r, text=prefill + r.text) if r.ok else r for r in res]
         out: list[Verdict | ParseError] = []
         swap = {"a": "b", "b": "a", "tie": "tie"}
         for i in range(len(items)):
