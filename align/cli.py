@@ -87,7 +87,7 @@ def _run(fn, out: Path, *args, name: str, config, inputs: dict, work_dir: Option
             return fn(*args, out_dir=tmp, work_dir=work, config=config, **kw)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    from orchard.runner import run_standalone
+    from orchard.standalone import run_standalone
 
     return run_standalone(fn, out, *args, name=name, config=config, inputs=inputs, work_dir=work_dir, **kw)
 

@@ -8,75 +8,29 @@ resumable state (call cache, checkpoints) in ``runs/<name>/.work/<stage>/``, whi
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 import contextlib
-import fcntl
 import json
-import os
-import platform
-import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
 
-from orchard import __version__
-from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json, content_hash, read_manifest, tree_hash
-from orchard.errors import OUTCOME_EXIT, InputError, OrchardError
+from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json, content_hash, read_manifest
+from orchard.errors import OUTCOME_EXIT, InputError
 from orchard.recipe import STAGE_ORDER, stages_in
+from orchard.schema import ModelRef
+from orchard.stage import StageContext, StageSpec
+from orchard.standalone import hash_inputs, output_lock, remove_stale_temps, write_manifest
 
 console = Console(stderr=True)
-
-TRACKED_PACKAGES = [
-    "torch", "transformers", "peft", "trl", "datasets", "bitsandbytes", "accelerate", "sdv", "sdmetrics",
-    "openai", "argilla", "sentence-transformers", "datasketch", "pydantic",
-]
 
 # What a changed work folder may keep: the teacher call cache is keyed by the full request, so it stays valid
 # under any config change and keeps us from paying twice.
 _KEEP_ON_CONFIG_CHANGE = ("calls.sqlite", "calls.sqlite-wal", "calls.sqlite-shm")
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "orchard": __version__}
-    for name in TRACKED_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
-
-
-@dataclass
-class StageContext:
-    """What a stage adapter gets: its config, its inputs, a temporary output folder and a persistent work folder."""
-
-    stage: str
-    recipe: Any
-    run_dir: Path
-    out_dir: Path
-    work_dir: Path
-    inputs: dict[str, Path]
-    teacher: Any = None  # a synth TeacherConfig with base_url/model filled in, for stages that call the teacher
-
-    @property
-    def config(self):
-        return getattr(self.recipe, self.stage)
-
-
-@dataclass
-class StageSpec:
-    name: str
-    inputs: Callable[[Any, Path], dict[str, Path]]
-    run: Callable[[StageContext], dict]
-    needs_teacher: Callable[[Any], bool] = lambda recipe: False
-    extra_fingerprint: Callable[[Any], Any] = lambda recipe: None
 
 
 @dataclass
@@ -93,44 +47,6 @@ class StageOutcome:
     @property
     def message(self) -> str:
         return (self.result.get("outcome") or {}).get("message", "")
-
-
-def output_status(result: dict) -> str:
-    """A manifest's status: ``complete``, or ``incomplete`` when the stage's outcome says items were lost or fewer
-    rows than asked were written; the runner then runs it again (from the call cache) instead of skipping it."""
-    oc = (result or {}).get("outcome") or {}
-    return "complete" if oc.get("status", "complete") == "complete" else "incomplete"
-
-
-@contextlib.contextmanager
-def output_lock(lock_file: Path, what: Path):
-    """Hold an exclusive lock on ``lock_file`` while writing ``what``; another process holding it gets an
-    OrchardError naming it (pid, command, start time), instead of both paying for the same teacher calls."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as fh:  # not "w": that would wipe the holder's name before we know we hold it
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown process"
-            raise OrchardError(f"another orchard process is writing {what} ({holder}); wait for it to finish or "
-                               "stop it, then run this again") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:300]}, started "
-                 f"{datetime.now().astimezone().isoformat(timespec='seconds')}\n")
-        fh.flush()
-        yield
-
-
-def remove_stale_temps(parent: Path, name: str) -> None:
-    """Remove the temporary and old folders that a killed writer of ``parent/name`` left (``atomic_dir``'s
-    ``.tmp-NAME-XXXXXXXX`` and ``.old-NAME-PID``), and only those: not another output's whose name starts alike.
-    Call it holding that output's lock."""
-    pat = re.compile(r"\.tmp-" + re.escape(name) + r"-[a-z0-9_]{8}|\.old-" + re.escape(name) + r"-\d+")
-    for p in Path(parent).glob(f".*-{name}-*"):
-        if pat.fullmatch(p.name) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
 
 
 class Runner:
@@ -187,12 +103,11 @@ class Runner:
     def fingerprint(self, name: str) -> tuple[str, dict, dict]:
         spec = self.specs[name]
         inputs = spec.inputs(self.recipe, self.run_dir)
-        input_hashes = {}
         for key, path in inputs.items():
             if not Path(path).exists():
                 raise InputError(f"stage '{name}' needs {key} at {path}, which does not exist "
                                  f"(run the earlier stages first, or fix the path)")
-            input_hashes[key] = {"path": str(path), "hash": tree_hash(path, ignore=[MANIFEST])}
+        input_hashes = hash_inputs(inputs)
         cfg = getattr(self.recipe, name)
         config = cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else cfg
         extra = spec.extra_fingerprint(self.recipe)
@@ -241,24 +156,8 @@ class Runner:
 
     def _finish(self, name, tmp, fp, input_hashes, config, started, t0, result) -> None:
         """Write the manifest into the temporary output folder (renamed into place by the caller)."""
-        # Paths a stage reports point into the temporary folder; name the final place instead.
-        result = json.loads(json.dumps(result, default=str).replace(str(tmp), str(self.stage_dir(name))))
-        seconds = time.perf_counter() - t0
-        manifest = {
-            "stage": name,
-            "status": output_status(result),
-            "fingerprint": fp,
-            "inputs": input_hashes,
-            "config": config,
-            "versions": package_versions(),
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "seconds": round(seconds, 3),
-            "result": result,
-        }
-        if "gate" in result:
-            manifest["gate"] = result["gate"]
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_manifest(tmp, self.stage_dir(name), stage=name, fingerprint=fp, inputs=input_hashes, config=config,
+                       started=started, seconds=time.perf_counter() - t0, result=result)
 
     def _prepare_work(self, work: Path, fp: str) -> None:
         """A work folder belongs to one fingerprint: after a config or input change, keep only the call cache."""
@@ -284,7 +183,7 @@ class Runner:
         if serve:
             from orchard.serve import TeacherServer
 
-            model_path = resolve_model_ref(serve["model"], self.run_dir)
+            model_path = Path(ModelRef(serve["model"]).resolve(self.run_dir))
             server = TeacherServer(model_path, device=serve.get("device", "cpu"), threads=serve.get("threads"),
                                    log_path=self.run_dir / ".work" / "teacher-server.log")
             self.console.print(f"starting the run's teacher server for {model_path} …")
@@ -321,54 +220,6 @@ def _check_gated_inputs(stage: str, input_hashes: dict) -> None:
 class _Pending(Exception):
     def __init__(self, result):
         self.result = result
-
-
-def resolve_model_ref(ref: str, run_dir: Path) -> Path:
-    """'run:<stage>' names a model a stage of this run produced; anything else is a path."""
-    if ref.startswith("run:"):
-        stage = ref[4:]
-        path = run_dir / stage / "model"
-        if not path.exists():
-            raise InputError(f"model '{ref}': {path} does not exist (run the '{stage}' stage first)")
-        return path
-    return Path(ref)
-
-
-def run_standalone(fn: Callable[..., dict], out: str | Path, *args, name: str = "stage", config=None,
-                   inputs: dict[str, Path] | None = None, work_dir: str | Path | None = None, **kwargs) -> dict:
-    """Run one package stage function outside a recipe: same atomic output folder, manifest and work folder.
-
-    Used by the CLI's per-package commands (``orchard synth instructions …``).
-    """
-    out = Path(out)
-    work = Path(work_dir) if work_dir else out.parent / ".work" / out.name
-    work.mkdir(parents=True, exist_ok=True)
-    # One writer per output: a second command on the same --out would pay for every call again.
-    with output_lock(work / ".lock", out):
-        remove_stale_temps(out.parent, out.name)
-        return _standalone(fn, out, work, args, name, config, inputs, kwargs)
-
-
-def _standalone(fn, out: Path, work: Path, args, name, config, inputs, kwargs) -> dict:
-    input_hashes = {k: {"path": str(v), "hash": tree_hash(v, ignore=[MANIFEST])} for k, v in (inputs or {}).items()}
-    started = datetime.now(timezone.utc)
-    t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        result = fn(*args, out_dir=tmp, work_dir=work, config=config, **kwargs) or {}
-        manifest = {
-            "stage": name, "status": output_status(result),
-            "fingerprint": content_hash({"inputs": input_hashes,
-                                         "config": config.model_dump(mode="json") if config is not None else None}, n=32),
-            "inputs": input_hashes,
-            "config": {"stage": config.model_dump(mode="json") if config is not None else None},
-            "versions": package_versions(), "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "seconds": round(time.perf_counter() - t0, 3), "result": result,
-        }
-        if "gate" in result:
-            manifest["gate"] = result["gate"]
-        atomic_write_json(tmp / MANIFEST, manifest)
-    return result
 
 
 def summarise(outcomes: list[StageOutcome]) -> list[dict]:

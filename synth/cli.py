@@ -1,7 +1,7 @@
 """`orchard synth …` commands: parse options, call the stage functions in ``api``, print a summary.
 
 The work is done by ``orchard.synth.api``; the CLI only builds configs and prints. Outputs are written atomically
-through ``orchard.runner.run_standalone`` (which also locks the output against a second writer); teacher calls are
+through ``orchard.standalone.run_standalone`` (which also locks the output against a second writer); teacher calls are
 cached in ``<out>/../.work/<out name>/calls.sqlite``, so running the same command again after a crash pays nothing
 twice. The exit code says how the run ended (``orchard.errors.OUTCOME_EXIT``).
 """
@@ -93,7 +93,7 @@ def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **ove
 
 
 def _run(fn, out: Path, config, name: str, inputs: dict, **kw) -> dict:
-    from orchard.runner import run_standalone
+    from orchard.standalone import run_standalone
 
     from .callpool import TeacherInterrupted
 

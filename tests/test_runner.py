@@ -61,7 +61,8 @@ KILLABLE = textwrap.dedent('''
     import sys, time, json
     from pathlib import Path
     from orchard.recipe import load_recipe
-    from orchard.runner import Runner, StageSpec
+    from orchard.runner import Runner
+    from orchard.stage import StageSpec
     from orchard.stages import STAGES
     from orchard.dataio import write_split, read_rows
 

@@ -23,7 +23,7 @@ from synth_responder import responder  # noqa: E402
 from test_synth_interrupt import _env, _wait_ok  # noqa: E402
 
 from orchard.dataio import provenance, read_manifest, read_rows  # noqa: E402
-from orchard.runner import run_standalone  # noqa: E402
+from orchard.standalone import run_standalone  # noqa: E402
 from orchard.synth import api  # noqa: E402
 from orchard.synth.cli import app  # noqa: E402
 from orchard.synth.config import TeacherConfig  # noqa: E402

@@ -15,7 +15,7 @@ from synth_responder import responder  # noqa: E402
 
 from orchard.dataio import atomic_write_json, file_hash, provenance, read_rows, write_split  # noqa: E402
 from orchard.errors import InputError  # noqa: E402
-from orchard.runner import run_standalone  # noqa: E402
+from orchard.standalone import run_standalone  # noqa: E402
 from orchard.synth import api  # noqa: E402
 from orchard.synth.config import TeacherConfig  # noqa: E402
 from orchard.synth.methods_config import (  # noqa: E402

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from orchard.dataio import read_rows, write_split
 from orchard.errors import InputError
-from orchard.runner import StageContext, StageSpec, resolve_model_ref
+from orchard.schema import ModelRef
+from orchard.stage import StageContext, StageSpec
 
 
 def _path(p: str, field: str) -> Path:
@@ -195,7 +196,7 @@ def _sft_run(ctx: StageContext) -> dict:
 
     cfg = ctx.config
     if str(cfg.base_model).startswith("run:"):
-        cfg = cfg.model_copy(update={"base_model": str(resolve_model_ref(cfg.base_model, ctx.run_dir))})
+        cfg = cfg.model_copy(update={"base_model": ModelRef(cfg.base_model).resolve(ctx.run_dir)})
     return sft_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, cfg)
 
 

@@ -24,7 +24,7 @@ def _standalone(table: Path, out: Path, config: TabularConfig) -> dict:
     from .api import tabular_stage
 
     try:
-        from orchard.runner import run_standalone  # the spine's runner (temp folder, rename, manifest)
+        from orchard.standalone import run_standalone  # the spine's runner (temp folder, rename, manifest)
     except ImportError:
         run_standalone = None
     if run_standalone is not None:
