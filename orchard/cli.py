@@ -51,8 +51,7 @@ def _mount_subapps() -> None:
             from orchard.synth.tabular import cli as tabular_cli
 
             cli_calls.register(sub)
-            for info in tabular_cli.app.registered_commands:
-                sub.registered_commands.append(info)
+            tabular_cli.register(sub)
         app.add_typer(sub, name=name, help=help_text)
     _MOUNTED = True
 

@@ -11,28 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from orchard.errors import InputError, OrchardError
-
-
-class ServerError(OrchardError):
-    """The model server did not start or died; the message holds the tail of its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from orchard.errors import InputError
+from orchard.process import ServerError, free_port, http_ok, log_tail, spawn, stop_group, wait_ready  # noqa: F401
 
 
 def transformers_cli() -> list[str]:
@@ -41,20 +27,6 @@ def transformers_cli() -> list[str]:
     if script.exists():
         return [sys.executable, str(script)]
     return [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())"]
-
-
-def _new_group() -> None:  # runs in the child between fork and exec
-    os.setsid()  # own process group: we can signal the server and anything it spawns at once
-
-
-def _new_group_die_with_parent() -> None:
-    _new_group()
-    # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is used only from the main thread.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class TeacherServer:
@@ -172,57 +144,26 @@ class TeacherServer:
             self._log_path = Path(self._tmpdir()) / "server.log"
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        with open(self._log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self._env(),
-                                         preexec_fn=_new_group_die_with_parent
-                                         if threading.current_thread() is threading.main_thread() else _new_group)
+        self.proc = spawn(self.command(), self._log_path, self._env(), die_with_parent=True)
         try:
-            self._wait_ready(t0)
+            wait_ready(lambda: http_ok(f"http://{self.host}:{self.port}/health"), self.startup_timeout,
+                       "transformers serve", self._log_path, self.proc)
         except BaseException:
             self.stop()
             raise
         self.start_seconds = round(time.perf_counter() - t0, 2)
         return self
 
-    def _wait_ready(self, t0: float) -> None:
-        url = f"http://{self.host}:{self.port}/health"
-        while True:
-            if self.proc.poll() is not None:
-                raise ServerError(f"transformers serve exited with code {self.proc.returncode} before it was "
-                                  f"ready:\n{self.log_tail()}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            if time.perf_counter() - t0 > self.startup_timeout:
-                raise ServerError(f"transformers serve not ready on {url} after {self.startup_timeout:.0f} s:\n"
-                                  f"{self.log_tail()}")
-            time.sleep(0.25)
-
     def log_tail(self, n: int = 40) -> str:
         if not self._log_path or not self._log_path.exists():
             return self._final_log or "(no log)"
-        lines = self._log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(lines[-n:])
+        return log_tail(self._log_path, n)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server's process group, kill it if it lingers, and reap it."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, if any
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5.0)
+            stop_group(proc.pid, lambda: proc.poll() is None, timeout=timeout)
         if self._own_tmp:
             self._final_log = self.log_tail()  # the default log lives in our temp folder: keep its tail
             shutil.rmtree(self._own_tmp, ignore_errors=True)

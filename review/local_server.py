@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -31,15 +30,13 @@ from importlib import resources
 from pathlib import Path
 
 from orchard.dataio import atomic_write_json, atomic_write_text
-from orchard.errors import InputError, OrchardError
+from orchard.errors import InputError
+from orchard.process import (ServerError, free_port, log_tail, open_log, port_open, spawn,  # noqa: F401
+                             stop_group, wait_ready)
 
 from .server_env import ensure_server_env, env_python
 
 OWNER = "argilla"  # the username argilla-server's create_default gives the owner
-
-
-class ServerError(OrchardError):
-    """The local Argilla server (or its Redis) could not start or answer."""
 
 
 @dataclass
@@ -54,18 +51,6 @@ class ServerInfo:
 
     def __repr__(self) -> str:  # never print secrets
         return f"ServerInfo(url={self.url!r}, data_dir={str(self.data_dir)!r}, credentials={str(self.credentials_path)!r})"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
 
 
 def credentials(data_dir: str | Path) -> dict:
@@ -172,13 +157,6 @@ def _alive(pid: int, needle: str) -> bool:
 _NEEDLES = {"redis": "redis-server", "server": "launch.py serve", "worker": "launch.py worker"}
 
 
-def _log_tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 def read_state(data_dir: str | Path) -> dict | None:
     path = Path(data_dir) / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -211,22 +189,6 @@ def _server_files() -> Path:
 UMASK = 0o077
 
 
-def _open_log(log: Path):
-    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
-
-
-def _spawn(cmd: list, log: Path, env: dict, stdin_text: str | None = None) -> subprocess.Popen:
-    with _open_log(log) as f:
-        # A session of its own: the processes outlive the CLI command that started them, and stop as a group.
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL, umask=UMASK)
-    if stdin_text is not None:
-        proc.stdin.write(stdin_text.encode())
-        proc.stdin.close()
-    return proc
-
-
 def start_server(
     data_dir: str | Path,
     host: str = "127.0.0.1",
@@ -255,7 +217,7 @@ def start_server(
         return _info(data_dir, read_state(data_dir))
     if read_state(data_dir):
         stop_server(data_dir)  # leftovers of a crashed run
-    if _port_open("127.0.0.1" if host in ("0.0.0.0", "") else host, port):
+    if port_open("127.0.0.1" if host in ("0.0.0.0", "") else host, port):
         raise ServerError(f"port {port} is already in use; choose another with --port")
 
     redis_bin = shutil.which("redis-server")
@@ -294,47 +256,36 @@ def start_server(
     try:
         # The password reaches Redis on its stdin ("-" reads configuration from there), so that no process
         # listing shows it.
-        redis = _spawn([redis_bin, "-", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir",
+        redis = spawn([redis_bin, "-", "--bind", "127.0.0.1", "--port", str(redis_port), "--dir",
                         str(data_dir / "redis"), "--save", "", "--appendonly", "no", "--daemonize", "no"],
                        logs / "redis.log", env, stdin_text=f"requirepass {redis_password}\n")
         pids["redis"] = redis.pid
         atomic_write_json(data_dir / "state.json", state)
-        _wait(lambda: _redis_ping(redis_port, redis_password), 20, "Redis", logs / "redis.log", redis)
+        wait_ready(lambda: _redis_ping(redis_port, redis_password), 20, "Redis", logs / "redis.log", redis)
 
         marker = home / "orchard-initialized"
         # A database given by URL is migrated at every start (cheap, idempotent): it may have been reset or
         # upgraded behind the folder's back.
         if not marker.exists() or database_url:
             init_env = dict(env, ORCHARD_OWNER_API_KEY=creds["api_key"], ORCHARD_OWNER_PASSWORD=creds["password"])
-            with _open_log(logs / "init.log") as f:
+            with open_log(logs / "init.log") as f:
                 rc = subprocess.run([python, launcher, "init"], stdout=f, stderr=subprocess.STDOUT, env=init_env,
                                     timeout=300, umask=UMASK).returncode
             if rc != 0:
-                raise ServerError(f"database initialisation failed:\n{_log_tail(logs / 'init.log')}")
+                raise ServerError(f"database initialisation failed:\n{log_tail(logs / 'init.log')}")
             atomic_write_text(marker, "ok\n")
 
-        server = _spawn([python, launcher, "serve", "--host", host, "--port", str(port)], logs / "server.log", env)
+        server = spawn([python, launcher, "serve", "--host", host, "--port", str(port)], logs / "server.log", env)
         pids["server"] = server.pid
         atomic_write_json(data_dir / "state.json", state)
         if worker:
-            pids["worker"] = _spawn([python, launcher, "worker"], logs / "worker.log", env).pid
+            pids["worker"] = spawn([python, launcher, "worker"], logs / "worker.log", env).pid
             atomic_write_json(data_dir / "state.json", state)
-        _wait(lambda: _api_ok(state["url"], creds["api_key"]), timeout, "Argilla server", logs / "server.log", server)
+        wait_ready(lambda: _api_ok(state["url"], creds["api_key"]), timeout, "Argilla server", logs / "server.log", server)
     except BaseException:
         stop_server(data_dir)
         raise
     return _info(data_dir, state)
-
-
-def _wait(ready, timeout: float, what: str, log: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        if proc.poll() is not None:
-            raise ServerError(f"{what} exited with code {proc.returncode}; its log ({log}):\n{_log_tail(log)}")
-        time.sleep(0.3)
-    raise ServerError(f"{what} did not become ready in {timeout:.0f} s; its log ({log}):\n{_log_tail(log)}")
 
 
 def _info(data_dir: Path, state: dict) -> ServerInfo:
@@ -354,25 +305,7 @@ def stop_server(data_dir: str | Path, timeout: float = 20.0) -> bool:
         pid = state["pids"].get(name)
         if pid is None or not _alive(pid, _NEEDLES[name]):
             continue
-        try:
-            os.killpg(pid, signal.SIGTERM)  # its own session: the group holds exactly what we spawned
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, _NEEDLES[name]):
-            _reap(pid)
-            time.sleep(0.1)
-        if _alive(pid, _NEEDLES[name]):
-            os.killpg(pid, signal.SIGKILL)
-            time.sleep(0.2)
-            _reap(pid)
+        # Its own session: the group holds exactly what we spawned.
+        stop_group(pid, lambda: _alive(pid, _NEEDLES[name]), timeout=timeout)
     (data_dir / "state.json").unlink(missing_ok=True)
     return True
-
-
-def _reap(pid: int) -> None:
-    """Collect a child that exited (when this process started it), so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -198,7 +198,7 @@ def naive_rouge_filter(items: list[tuple[str, str]], threshold: float = 0.7,
                        pool: Optional[list[str]] = None) -> tuple[list[str], dict[str, DupHit]]:
     """The reference: compare each text with every kept one using rouge-score itself (O(n^2) ROUGE-L), as the
     Self-Instruct code does. Tests and benchmarks/dedup_speed.py check NearDupIndex against it."""
-    from rouge_score import rouge_scorer  # imports nltk (~1 s): only the reference pays for it
+    from rouge_score import rouge_scorer  # the [dev] extra; imports nltk (~1 s): only the reference pays for it
 
     class _Words:
         def tokenize(self, text: str) -> list[str]:

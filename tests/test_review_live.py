@@ -573,13 +573,14 @@ def _kill9(data_dir: Path) -> list:
     """SIGKILL every process of the server at once (no shutdown code runs), as a crash or the OOM killer would."""
     from pg_cluster import wait_gone
 
-    from orchard.review.local_server import _reap, read_state
+    from orchard.process import reap
+    from orchard.review.local_server import read_state
 
     pids = list(read_state(data_dir)["pids"].values())
     for pid in pids:
         os.killpg(pid, signal.SIGKILL)
     for pid in pids:
-        _reap(pid)  # our own children (the SQLite server was started by this process) must not linger as zombies
+        reap(pid)  # our own children (the SQLite server was started by this process) must not linger as zombies
     wait_gone(pids)
     return pids
 

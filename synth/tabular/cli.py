@@ -20,22 +20,12 @@ def _group() -> None:
 
 
 def _standalone(table: Path, out: Path, config: TabularConfig) -> dict:
-    """Run the stage into ``out`` atomically, with its manifest; through the spine's runner when present."""
+    """Run the stage into ``out`` atomically, with its manifest (the spine's one writer)."""
+    from orchard.standalone import run_standalone
+
     from .api import tabular_stage
 
-    try:
-        from orchard.standalone import run_standalone  # the spine's runner (temp folder, rename, manifest)
-    except ImportError:
-        run_standalone = None
-    if run_standalone is not None:
-        return run_standalone(tabular_stage, out, table, name="tabular", config=config, inputs={"table": table})
-    from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json
-
-    work = out.parent / ".work" / out.name
-    with atomic_dir(out) as tmp:
-        result = tabular_stage(table, tmp, work, config)
-        atomic_write_json(tmp / MANIFEST, {"stage": "tabular", **result})
-    return result
+    return run_standalone(tabular_stage, out, table, name="tabular", config=config, inputs={"table": table})
 
 
 @app.command("tabular")
@@ -128,3 +118,9 @@ def _config(make) -> TabularConfig:
     except ValueError as e:  # pydantic's validation error names the bad option
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def register(parent: typer.Typer) -> None:
+    """Mount ``tabular`` and ``tabular-check`` on ``orchard synth`` (the same functions as this module's app)."""
+    parent.command("tabular")(tabular)
+    parent.command("tabular-check")(tabular_check_cmd)
