@@ -32,8 +32,9 @@ LIBRARIES = (
 # (message regex, category, module regex): library warnings that need no action. Narrow on purpose: a message, its
 # category and the library module that raises it, so anything new (and anything from orchard itself) still shows.
 QUIET_WARNINGS = (
-    # transformers 5 renamed gradient checkpointing to activation checkpointing; TRL, PEFT and the trainer
-    # arguments still use the old names (the fast path reads `args.gradient_checkpointing`), to be renamed with them.
+    # transformers 5 renamed gradient checkpointing to activation checkpointing. TRL and PEFT still call
+    # `is_gradient_checkpointing`; align/trainutil.py still passes `gradient_checkpointing=` (the fast path reads
+    # `args.gradient_checkpointing`: the rename belongs with it). Both names work until transformers 6.
     (r"`(is_)?gradient_checkpointing` is deprecated", FutureWarning, r"transformers\."),
     # The Argilla SDK warns when a lookup finds nothing; orchard looks a workspace, dataset or reviewer up to
     # create it when it is missing (review/push.py, review/workflow.py), so "not found" is the expected answer.
