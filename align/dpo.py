@@ -18,7 +18,7 @@ from orchard.dataio import atomic_write_json
 from orchard.errors import InputError
 
 from . import data as D
-from .callbacks import StopOnNaN
+from .callbacks import StopOnNaN, quiet_progress
 from .config import DPOConfig
 from .modeling import adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info, write_policy_info
 from .plots import plot_curves
@@ -123,6 +123,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
         eval_arg = eval_sets
     with tensorboard_logdir(out_dir / "tensorboard"):
         trainer = _trainer(config, kw, model, tok, _pairs_ds(train), eval_arg, cbs)
+    quiet_progress(trainer)
     fast_applied = fast.apply(trainer, plan)
     prepared = dict(trainer.eval_dataset) if isinstance(trainer.eval_dataset, dict) else {}
     if prepared:

@@ -16,7 +16,7 @@ from orchard.dataio import atomic_write_json
 from orchard.errors import InputError
 
 from . import data as D
-from .callbacks import StopOnNaN
+from .callbacks import StopOnNaN, quiet_progress
 from .config import SFTConfig
 from .masking import assistant_masked_rows
 from .modeling import device, load_base, load_tokenizer, lora_config, write_policy_info
@@ -96,6 +96,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
             peft_config=peft_cfg,
             callbacks=cbs,
         )
+    quiet_progress(trainer)
     fast_applied = fast.apply(trainer, plan)
     resume = last_checkpoint(ckpt_dir) if config.resume else None
     model_out = trainer.train(resume_from_checkpoint=resume)

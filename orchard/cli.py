@@ -36,6 +36,14 @@ SUBAPPS = [
 ]
 
 
+@app.callback()
+def root(verbose: bool = typer.Option(False, "--verbose", help="show orchard's debug lines and the libraries' "
+                                      "warnings, logs and progress bars (also ORCHARD_VERBOSE=1)")):
+    from orchard.log import setup
+
+    setup(verbose)  # once, before any command: the console shows orchard's progress and summary only
+
+
 _MOUNTED = False
 
 
