@@ -222,6 +222,12 @@ def anonymeter_risks(
     n = int(min(n_attacks, len(ctl), len(ori)))
     out: dict = {"n_attacks": n}
     np.random.seed(seed)  # anonymeter samples targets with numpy's global generator
+    # ...and builds its singling-out queries from a module-level generator that nothing seeds, so the same table
+    # gave "no query could be built" (risk not measured, the gate fails closed) in one run of three.
+    from anonymeter.evaluators import singling_out_evaluator
+
+    if isinstance(getattr(singling_out_evaluator, "rng", None), np.random.Generator):
+        singling_out_evaluator.rng = np.random.default_rng(seed)
 
     def risk(ev) -> dict:
         r = ev.risk(confidence_level=0.95)
