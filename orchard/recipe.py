@@ -71,9 +71,10 @@ class EndpointTeacher(TeacherConfig):
                                           "switch a recipe to an endpoint)")
 
 
-# A served teacher takes every TeacherConfig setting except those naming the endpoint: the runner fills base_url
-# and model in from the server it starts, then validates the whole as a TeacherConfig.
-_NAMED_BY_SERVER = ("base_url", "model", "endpoints")
+# A served teacher takes every TeacherConfig setting except those naming the endpoint (and its key: the run's own
+# server needs none). The runner fills base_url and model in from the server it starts, then validates the whole
+# as a TeacherConfig.
+_NAMED_BY_SERVER = ("base_url", "model", "api_key_env", "endpoints")
 ServedTeacher = create_model(
     "ServedTeacher", __base__=Strict, __doc__="The teacher is a local model this run serves (``serve:``).",
     serve=(ServeConfig, ...),
