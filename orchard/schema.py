@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Tag, ValidationError
 
 from orchard.errors import InputError
 
@@ -130,13 +130,13 @@ def error_lines(model: type[BaseModel], e: ValidationError, *, doc: YamlDoc | No
     path = path if path is not None else (doc.path if doc else None)
     out = []
     for err in e.errors():
-        loc = tuple(err["loc"])
+        loc, _ = _walk(model, tuple(err["loc"]))
         key = ".".join(str(p) for p in prefix + loc)
         line = doc.line_of(prefix + loc) if doc else None
         where = f"{path}:{line}" if (path and line) else (str(path) if path else "")
         expected = err["msg"]
         if err["type"] == "extra_forbidden":
-            allowed = allowed_keys(model, loc[:-1])
+            allowed = allowed_keys(model, tuple(err["loc"])[:-1])
             expected = "unknown key" + (f"; expected one of: {', '.join(allowed)}" if allowed else "")
         got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
         out.append(f"{where + ': ' if where else ''}'{key}': {expected}{got}")
@@ -145,25 +145,40 @@ def error_lines(model: type[BaseModel], e: ValidationError, *, doc: YamlDoc | No
 
 def allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names of the sub-model at ``loc`` (for 'expected one of' messages)."""
+    return sorted(getattr(_walk(model, loc)[1], "model_fields", {}).keys())
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
+    """Follow a pydantic error location through ``model``: (the location as YAML keys, the sub-model it ends in).
+
+    pydantic puts a tagged union's tag into the location (``preferences.judge.options``); the YAML has no such
+    key, so the tag is dropped here and picks the union member the rest of the location lies in."""
+    keys: list = []
     cur: Any = model
+    tags: dict = {}
     for part in loc:
-        if isinstance(part, int):
+        if part in tags:
+            cur, tags = tags[part], {}
+            continue
+        keys.append(part)
+        if isinstance(part, int):  # a list item: same model
             continue
         f = getattr(cur, "model_fields", {}).get(part)
-        if f is None:
-            return []
-        cands = [a for a in _flatten(f.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not cands:
-            return []
-        cur = cands[0]
-    return sorted(getattr(cur, "model_fields", {}).keys())
+        members = _models_in(f.annotation) if f is not None else []
+        tags = {t: m for t, m in members if t is not None}
+        cur = members[0][1] if members else None
+    return tuple(keys), cur
 
 
-def _flatten(ann) -> list:
-    args = typing.get_args(ann)
-    if not args:
-        return [ann]
-    return [x for a in args for x in _flatten(a)]
+def _models_in(ann) -> list[tuple[str | None, type[BaseModel]]]:
+    """The models a field's annotation may hold, each with its tag when it is a member of a tagged union."""
+    if typing.get_origin(ann) is typing.Annotated:
+        base, *meta = typing.get_args(ann)
+        tag = next((m.tag for m in meta if isinstance(m, Tag)), None)
+        return [(tag or t, m) for t, m in _models_in(base)]
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [(None, ann)]
+    return [x for a in typing.get_args(ann) for x in _models_in(a)]
 
 
 # ---------------------------------------------------------------- model references

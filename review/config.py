@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from orchard.schema import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AutoPolicy(_Strict):
+class AutoPolicy(Strict):
     """Automatic acceptance: used when no people review (`mode: auto`), e.g. in a quickstart or CI."""
 
     min_judge_score: float | None = Field(
@@ -23,7 +21,7 @@ class AutoPolicy(_Strict):
     )
 
 
-class ArgillaReview(_Strict):
+class ArgillaReview(Strict):
     """Human review on an Argilla server: orchard's own local one, or an existing deployment by URL."""
 
     url: str | None = Field(
@@ -41,7 +39,6 @@ class ArgillaReview(_Strict):
     )
     guidelines: str | None = Field(None, description="Guidelines shown to reviewers (Markdown).")
     reviewers: list[str] = Field(default_factory=list, description="Usernames to create and add to the workspace.")
-    uncertainty_order: bool = Field(True, description="Order the queue by the AI judge's uncertainty (hard first).")
     with_vectors: bool = Field(False, description="Embed the instruction so reviewers can find similar items.")
     wait: bool = Field(False, description="Block until every record is reviewed; else return 'pending' and resume later.")
     wait_timeout_s: float | None = Field(None, description="Give up waiting after this many seconds (still pending).")
@@ -51,7 +48,7 @@ class ArgillaReview(_Strict):
     )
 
 
-class ReviewConfig(_Strict):
+class ReviewConfig(Strict):
     mode: Literal["auto", "argilla"] = "auto"
     auto: AutoPolicy = Field(default_factory=AutoPolicy)
     argilla: ArgillaReview = Field(default_factory=ArgillaReview)

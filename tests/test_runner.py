@@ -49,11 +49,11 @@ def test_changed_config_reruns_only_that_stage_and_downstream(tmp_path):
     out = Runner(load_recipe(_recipe(tmp_path, test_size=0.3))).run()
     assert [o.status for o in out] == ["skipped", "ran"]
     # --set override and --from forcing
-    out = Runner(load_recipe(_recipe(tmp_path), ["seeds.limit=50"])).run()
+    out = Runner(load_recipe(_recipe(tmp_path), ["seeds.max_seeds=50"])).run()
     assert [o.status for o in out] == ["ran", "ran"]  # new seeds → new input hash for split
     assert read_manifest(tmp_path / "runs" / "rt" / "split")["result"]["train"] + \
         read_manifest(tmp_path / "runs" / "rt" / "split")["result"]["test"] == 50
-    out = Runner(load_recipe(_recipe(tmp_path), ["seeds.limit=50"])).run(from_stage="split")
+    out = Runner(load_recipe(_recipe(tmp_path), ["seeds.max_seeds=50"])).run(from_stage="split")
     assert [o.stage for o in out] == ["split"] and out[0].status == "ran"
 
 
@@ -119,4 +119,4 @@ def test_cli_run_and_bad_recipe_exit_code(tmp_path):
     assert "Traceback" not in r.stderr
     r = subprocess.run([str(exe), "run", str(_recipe(tmp_path)), "--to", "seeds"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "runs" / "rt" / "seeds" / "manifest.json").read_text())["result"]["seeds"] == 175
+    assert json.loads((tmp_path / "runs" / "rt" / "seeds" / "manifest.json").read_text())["result"]["counts"]["train"] == 175

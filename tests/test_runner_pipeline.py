@@ -34,7 +34,7 @@ name: pipe
 runs_dir: {tmp_path / 'runs'}
 seeds:
   path: {REPO / 'data' / 'seeds' / 'self_instruct_seed_tasks.jsonl'}
-  limit: 40
+  max_seeds: 40
 teacher:
   base_url: {srv.base_url}
   model: fake

@@ -47,13 +47,9 @@ def _seeds_inputs(recipe, run_dir):
 
 
 def _seeds_run(ctx: StageContext) -> dict:
-    from orchard.synth.seeds import load_seeds
+    from orchard.synth.api import seeds_stage
 
-    rows = load_seeds(ctx.inputs["seeds"])
-    if ctx.config.limit:
-        rows = rows[: ctx.config.limit]
-    write_split(ctx.out_dir, "train", rows)
-    return {"seeds": len(rows), "classification": sum(bool(r.get("is_classification")) for r in rows)}
+    return seeds_stage(ctx.inputs["seeds"], ctx.out_dir, ctx.work_dir, ctx.config)
 
 
 # ---------------------------------------------------------------- tabular
@@ -64,10 +60,8 @@ def _tabular_inputs(recipe, run_dir):
 
 def _tabular_run(ctx: StageContext) -> dict:
     from orchard.synth.tabular.api import tabular_stage
-    from orchard.synth.tabular.config import TabularConfig
 
-    cfg = TabularConfig.model_validate(ctx.config.options)
-    return tabular_stage(ctx.inputs["table"], ctx.out_dir, ctx.work_dir, cfg)
+    return tabular_stage(ctx.inputs["table"], ctx.out_dir, ctx.work_dir, ctx.config.options)
 
 
 # ---------------------------------------------------------------- teacher_model (the offline quickstart's teacher)
@@ -101,9 +95,9 @@ def _teacher_model_run(ctx: StageContext) -> dict:
 
 def _with_served_teacher(recipe, run_dir, inputs: dict) -> dict:
     """A teacher this run trains and serves is an input like any other: retrain it and its users re-run."""
-    t = recipe.teacher
-    if t is not None and t.serve is not None and t.serve.model.startswith("run:"):
-        inputs["teacher_model"] = run_dir / t.serve.model[4:]
+    serve = getattr(recipe.teacher, "serve", None)
+    if serve is not None and serve.model.stage is not None:
+        inputs["teacher_model"] = run_dir / serve.model.stage
     return inputs
 
 
@@ -131,11 +125,11 @@ def _synth_run(ctx: StageContext) -> dict:
     from orchard.synth.api import instructions_stage
 
     cfg = ctx.config
-    table = cfg.grounded.table
-    if table is not None and str(table).startswith("run:"):
+    table = ModelRef(str(cfg.grounded.table)) if cfg.grounded.table is not None else None
+    if table is not None and table.stage is not None:
         # 'run:tabular' = the rows this run's tabular stage made (synth re-checks their privacy gate itself).
         cfg = cfg.model_copy(update={"grounded": cfg.grounded.model_copy(
-            update={"table": ctx.run_dir / str(table)[4:]})})
+            update={"table": ctx.run_dir / table.stage})})
     return instructions_stage(ctx.inputs.get("seeds"), ctx.out_dir, ctx.work_dir, cfg, ctx.teacher)
 
 
@@ -194,10 +188,15 @@ def _sft_inputs(recipe, run_dir):
 def _sft_run(ctx: StageContext) -> dict:
     from orchard.align.api import sft_stage
 
-    cfg = ctx.config
-    if str(cfg.base_model).startswith("run:"):
-        cfg = cfg.model_copy(update={"base_model": ModelRef(cfg.base_model).resolve(ctx.run_dir)})
-    return sft_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, cfg)
+    return sft_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, _with_base_model(ctx.config, ctx.run_dir))
+
+
+def _with_base_model(cfg, run_dir: Path):
+    """An align config whose ``base_model`` may be ``run:<stage>``, with that made the stage's model folder."""
+    ref = ModelRef(str(cfg.base_model)) if cfg.base_model else None
+    if ref is None or ref.stage is None:
+        return cfg
+    return cfg.model_copy(update={"base_model": ref.resolve(run_dir)})
 
 
 # ---------------------------------------------------------------- preferences
@@ -214,15 +213,11 @@ def _preferences_run(ctx: StageContext) -> dict:
     cfg = ctx.config
     if cfg.source == "reference_vs_policy":
         from orchard.align.api import policy_pairs_stage
-        from orchard.align.config import SampleConfig
 
-        scfg = SampleConfig.model_validate(cfg.options)
-        return policy_pairs_stage(ctx.inputs["data"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, scfg)
+        return policy_pairs_stage(ctx.inputs["data"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, cfg.options)
     from orchard.synth.api import preferences_stage
-    from orchard.synth.methods_config import PreferencesConfig
 
-    pcfg = PreferencesConfig.model_validate(cfg.options)
-    return preferences_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, pcfg, ctx.teacher)
+    return preferences_stage(ctx.inputs["data"], ctx.out_dir, ctx.work_dir, cfg.options, ctx.teacher)
 
 
 def _preferences_needs_teacher(recipe) -> bool:
@@ -238,7 +233,8 @@ def _dpo_inputs(recipe, run_dir):
 def _dpo_run(ctx: StageContext) -> dict:
     from orchard.align.api import dpo_stage
 
-    return dpo_stage(ctx.inputs["pairs"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, ctx.config)
+    cfg = _with_base_model(ctx.config, ctx.run_dir)
+    return dpo_stage(ctx.inputs["pairs"], ctx.inputs["sft"], ctx.out_dir, ctx.work_dir, cfg)
 
 
 # ---------------------------------------------------------------- rlaif: align samples, synth judges, align trains
@@ -250,11 +246,10 @@ def _rlaif_inputs(recipe, run_dir):
 
 def _rlaif_run(ctx: StageContext) -> dict:
     from orchard.align.api import dpo_stage, sample_stage
-    from orchard.align.config import DPOConfig, SampleConfig
     from orchard.synth.api import judge_candidates_stage
-    from orchard.synth.methods_config import PreferencesConfig
 
     cfg = ctx.config
+    dcfg = _with_base_model(cfg.dpo, ctx.run_dir)
     policy = ctx.inputs["policy"]
     rounds = []
     for r in range(1, cfg.rounds + 1):
@@ -262,10 +257,9 @@ def _rlaif_run(ctx: StageContext) -> dict:
         wd = ctx.work_dir / f"round-{r}"
         res = {"round": r}
         res["sample"] = _cached_step(wd / "candidates", rd / "candidates", lambda o, w: sample_stage(
-            ctx.inputs["data"], policy, o, w, SampleConfig.model_validate(cfg.sample)))
+            ctx.inputs["data"], policy, o, w, cfg.sample))
         res["judge"] = _cached_step(wd / "pairs", rd / "pairs", lambda o, w: judge_candidates_stage(
-            rd / "candidates", o, w, PreferencesConfig.model_validate(cfg.judge), ctx.teacher))
-        dcfg = DPOConfig.model_validate(cfg.dpo)
+            rd / "candidates", o, w, cfg.judge, ctx.teacher))
         res["dpo"] = _cached_step(wd / "dpo", rd / "dpo", lambda o, w: dpo_stage(rd / "pairs", policy, o, w, dcfg))
         policy = rd / "dpo"
         rounds.append(res)
@@ -334,7 +328,6 @@ def _judge_win_rates(ctx: StageContext, final: Path | None, wr, split: str) -> d
     from orchard.align.config import SampleConfig
     from orchard.align.modeling import read_policy_info
     from orchard.synth.api import judge_candidates_stage
-    from orchard.synth.methods_config import PreferencesConfig
 
     policies: dict[str, Path | None] = {"sft": ctx.inputs["sft"]}
     comparisons = []
@@ -353,10 +346,9 @@ def _judge_win_rates(ctx: StageContext, final: Path | None, wr, split: str) -> d
     res = sample_policies_stage(ctx.inputs["data"], policies, cands, ctx.work_dir / "win_rate", scfg,
                                 comparisons=comparisons)
     judged = {}
-    jcfg = PreferencesConfig.model_validate({"judge": "pairwise", "min_margin": 0.0, **wr.judge})
     for name in res["comparisons"]:
         out = ctx.out_dir / "win_rate" / "judged" / name
-        judge_candidates_stage(cands / name, out, ctx.work_dir / "win_rate" / name, jcfg, ctx.teacher)
+        judge_candidates_stage(cands / name, out, ctx.work_dir / "win_rate" / name, wr.judge, ctx.teacher)
         judged[name] = (out, cands / name)
     return judged
 

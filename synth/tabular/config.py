@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from orchard.schema import Strict
 
 
-class GateThresholds(BaseModel):
+class GateThresholds(Strict):
     """Limits a synthetic table must meet before anything downstream may use it.
 
     A threshold set to ``None`` turns its check into a report-only number. Defaults are conservative:
     an honest GaussianCopula run on a few hundred rows passes them; a table that contains real rows fails.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     # Copies: synthetic rows equal to a row of one train part alone, beyond what the holdout (a set the size
     # of each part) shows, less the noise the holdout's count allows (privacy.exchangeable_metrics). Natural
@@ -62,10 +62,8 @@ class GateThresholds(BaseModel):
     min_utility_ratio: float | None = Field(None, ge=0.0)
 
 
-class TabularConfig(BaseModel):
+class TabularConfig(Strict):
     """What ``orchard synth tabular`` and the recipe's ``tabular`` stage accept."""
-
-    model_config = ConfigDict(extra="forbid")
 
     metadata: str | None = Field(None, description="YAML overriding SDV's detected metadata")
     # auto: fit GaussianCopula and TabularARGN within time_budget_s, score each on a validation share of the

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from orchard.errors import InputError
+from orchard.schema import load_yaml
 
 TABLE = "table"
 # Column types SDMetrics (and our privacy evaluation) measure distances on.
@@ -73,58 +73,35 @@ class TablePlan:
         return {"columns": cols}
 
 
-def _load_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
-    if not path.is_file():
-        raise InputError("no such metadata file", path=path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"invalid YAML: {e}", path=path, line=mark.line + 1 if mark else None) from None
-    if not isinstance(data, dict):
-        raise InputError("the metadata YAML must be a mapping", path=path)
-    return data, node
-
-
-def _line_of(node, *keys) -> int | None:
-    """1-based line of the mapping key reached by ``keys`` (for errors that point at the YAML)."""
-    line = None
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            return line
-        for k, v in node.value:
-            if k.value == key:
-                line, node = k.start_mark.line + 1, v
-                break
-        else:
-            return line
-    return line
-
-
 def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> TablePlan:
     """Detect metadata for ``df`` and apply the YAML overrides; raise InputError naming the YAML line."""
     from sdv.metadata import Metadata
 
     spec: dict = {}
-    node = None
     path = Path(metadata_path) if metadata_path else None
+    doc = None
     if path is not None:
-        spec, node = _load_yaml(path)
+        if not path.is_file():
+            raise InputError("no such metadata file", path=path)
+        doc = load_yaml(path, what="metadata file")
+        spec = doc.data
         unknown = set(spec) - _TOP_KEYS
         if unknown:
             key = sorted(unknown)[0]
             raise InputError(
-                f"unknown key '{key}' (allowed: {sorted(_TOP_KEYS)})", path=path, line=_line_of(node, key), field=key
+                f"unknown key '{key}' (allowed: {sorted(_TOP_KEYS)})", path=path, line=doc.line_of((key,)), field=key
             )
+
+    def line_of(*keys) -> int | None:
+        """The line of the key reached by ``keys`` in the metadata YAML (for errors that point at it)."""
+        return doc.line_of(keys) if doc is not None else None
 
     def check_col(col, *where):
         if col not in df.columns:
             raise InputError(
                 f"unknown column '{col}' (the table has: {', '.join(map(str, df.columns))})",
                 path=path,
-                line=_line_of(node, *where),
+                line=line_of(*where),
                 field=".".join(map(str, where)),
             )
 
@@ -161,12 +138,12 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
             continue
         if not isinstance(kwargs, dict) or "sdtype" not in kwargs:
             raise InputError(
-                "each column override needs at least `sdtype`", path=path, line=_line_of(node, "columns", col), field=f"columns.{col}"
+                "each column override needs at least `sdtype`", path=path, line=line_of("columns", col), field=f"columns.{col}"
             )
         try:
             metadata.update_column(col, table_name=TABLE, **kwargs)
         except Exception as e:  # SDV raises its own error types for bad sdtypes/keywords
-            raise InputError(f"SDV rejects this column override: {e}", path=path, line=_line_of(node, "columns", col), field=f"columns.{col}") from None
+            raise InputError(f"SDV rejects this column override: {e}", path=path, line=line_of("columns", col), field=f"columns.{col}") from None
     for col, action in pii.items():
         if action == "drop":
             continue
@@ -174,7 +151,7 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
         try:
             metadata.update_column(col, table_name=TABLE, sdtype=sdtype, pii=True)
         except Exception as e:
-            raise InputError(f"cannot fake column '{col}' as '{sdtype}': {e}", path=path, line=_line_of(node, "pii", col), field=f"pii.{col}") from None
+            raise InputError(f"cannot fake column '{col}' as '{sdtype}': {e}", path=path, line=line_of("pii", col), field=f"pii.{col}") from None
         faked[col] = sdtype
     table_meta = metadata.to_dict()["tables"][TABLE]
     pk = spec.get("primary_key")
@@ -192,7 +169,7 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
 
     constraints = []
     for i, c in enumerate(spec.get("constraints") or []):
-        constraints.append(_constraint(c, i, df, path, node))
+        constraints.append(_constraint(c, i, df, path))
     try:
         metadata.validate()
         metadata.validate_data({TABLE: df})
@@ -201,7 +178,7 @@ def build_plan(df: pd.DataFrame, metadata_path: str | Path | None = None) -> Tab
     return TablePlan(data=df, metadata=metadata, constraints=constraints, dropped=dropped, faked=faked)
 
 
-def _constraint(spec: Any, i: int, df: pd.DataFrame, path, node):
+def _constraint(spec: Any, i: int, df: pd.DataFrame, path):
     import sdv.cag
 
     field_name = f"constraints[{i}]"
