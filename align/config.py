@@ -45,6 +45,15 @@ class FastConfig(Strict):
         True, description="with fused_layers: 4-bit weights dequantized through bitsandbytes' C entry point "
         "(checked once against its torch op) instead of its Python-wrapped op")
 
+    @field_validator("memory_budget", "keep_layers", mode="wrap")
+    @classmethod
+    def _number_or_auto(cls, v, handler, info):
+        try:
+            return handler(v)
+        except ValidationError:  # one message, not one per member of the union
+            what = "GiB > 0" if info.field_name == "memory_budget" else "a number of layers >= 0"
+            raise PydanticCustomError("number_or_auto", f"expected {what}, or auto") from None
+
     @field_validator("mode", mode="before")
     @classmethod
     def _yaml_booleans(cls, v):
