@@ -6,6 +6,7 @@ Defaults are sized for a real run on a GPU; the offline quickstart and the tests
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -85,9 +86,16 @@ def _reject(data: Any, handler, why: dict[str, str]):
     raise ValidationError.from_exception_data("config", errors)
 
 
+@functools.cache
+def _defaults(cls):
+    return cls()
+
+
 def _acts_only(model, rules: dict[str, tuple[bool, str]]) -> None:
-    """After validation: fields set explicitly where they do not act (``rules``: field -> (acts, why not))."""
-    bad = {k: why for k, (acts, why) in rules.items() if k in model.model_fields_set and not acts}
+    """After validation: fields set explicitly, to something other than their default, where they do not act
+    (``rules``: field -> (acts, why not)). A default value passes, so that a dumped config validates again."""
+    bad = {k: why for k, (acts, why) in rules.items()
+           if not acts and k in model.model_fields_set and getattr(model, k) != getattr(_defaults(type(model)), k)}
     if bad:
         raise ValidationError.from_exception_data("config", [
             InitErrorDetails(type=PydanticCustomError("not_here", why), loc=(k,), input=getattr(model, k))
@@ -196,8 +204,10 @@ class DPOConfig(ModelSettings, TrainSettings):
 
     learning_rate: float = 5e-6
     algorithm: Literal["dpo", "orpo", "simpo", "cpo"] = "dpo"
+    # validate_default: the default is a list too (cpo reads loss_type[0]; a bare "sigmoid" gave it "s")
     loss_type: list[str] | str = Field(
-        "sigmoid", description="dpo: TRL DPO loss(es): sigmoid, ipo, hinge, robust, ...; cpo: one CPO loss")
+        "sigmoid", validate_default=True,
+        description="dpo: TRL DPO loss(es): sigmoid, ipo, hinge, robust, ...; cpo: one CPO loss")
     loss_weights: list[float] | None = Field(None, description="dpo: a weight per loss_type")
     beta: float = 0.1
     label_smoothing: float = Field(0.0, description="dpo, simpo, cpo")

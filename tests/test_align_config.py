@@ -62,6 +62,10 @@ def test_sft_fields_that_would_act_nowhere():
     with pytest.raises(ValidationError, match="acts only with method qlora"):
         SFTConfig(method="lora", bnb_quant_storage="bfloat16")
     assert SFTConfig(method="full").lora_r == 16  # defaults are fine: only keys set explicitly are checked
+    # a dumped config (every field set, the idle ones at their defaults) validates again
+    for cfg in (SFTConfig(method="full"), DPOConfig(algorithm="orpo", max_completion_length=64),
+                DPOConfig(method="lora")):
+        assert type(cfg).model_validate(cfg.model_dump()) == cfg
 
 
 def test_fast_block():
