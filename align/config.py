@@ -1,7 +1,9 @@
-"""Configuration models for align's stages (the recipe YAML keys are these field names).
+"""Configuration models for align's stages (the recipe YAML keys are these field names; the recipe embeds them).
 
-Every model forbids unknown keys so that a typo in a recipe fails loudly instead of being ignored.
-Defaults are sized for a real run on a GPU; the offline quickstart and the tests shrink them.
+Every model forbids unknown keys so that a typo in a recipe fails loudly instead of being ignored, and each field
+acts in the stage that takes it: a key that would be read by nothing (``dpo.lora_r``: DPO continues the SFT
+adapter) is rejected with the reason. Defaults are sized for a real run on a GPU; the offline quickstart and the
+tests shrink them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from orchard.schema import ModelRef, Strict
-
-# What the recipe YAML keys of align's stages are: these field names. Each field acts in the stage that takes it;
-# a key that would act nowhere is rejected with the reason (``_reject``), not accepted and ignored.
 
 
 class FastConfig(Strict):
