@@ -58,11 +58,11 @@ def launch_command(config: Path, num_processes: Optional[int], args: list[str]) 
     accelerate's MULTI_CPU launcher needs mpirun and a hostfile; for several CPU processes on one host we
     start torch.distributed.run instead (gloo backend), with accelerate told to stay on the CPU.
     """
-    import yaml
+    from orchard.schema import load_yaml
 
     try:
-        acc = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        acc = load_yaml(config, what="accelerate config").data  # accelerate's own keys: read, not validated here
+    except (OSError, OrchardError) as e:
         raise typer.BadParameter(f"cannot read accelerate config {config}: {e}")
     n = num_processes or int(acc.get("num_processes", 1))
     env = dict(os.environ)
@@ -98,6 +98,16 @@ def _print(result: dict) -> None:
             "final_eval", "perplexity", "loss", "win_rates", "comparisons")}, indent=2, default=str))
 
 
+def _config(cls, path: Optional[Path], overrides: dict):
+    """The ``--config`` YAML (if any) with the command's flags on top, validated: errors name file, line, key."""
+    from orchard.schema import load_yaml, validate
+
+    doc = load_yaml(path, what="config file") if path is not None else None
+    data = doc.data if doc is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})  # in place: the doc keeps its key lines
+    return validate(cls, data, doc=doc, what=f"{cls.__name__} config")
+
+
 def _fail(e: OrchardError) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
@@ -121,11 +131,11 @@ def sft_cmd(
     """
     if accelerate:
         _relaunch(accelerate, num_processes)
-    from .config import SFTConfig, load_config
+    from .config import SFTConfig
     from .sft import sft_stage
 
     try:
-        cfg = load_config(SFTConfig, config, {"base_model": base_model, "method": method, "max_steps": max_steps})
+        cfg = _config(SFTConfig, config, {"base_model": base_model, "method": method, "max_steps": max_steps})
         _print(_run(sft_stage, out, data, name="sft", config=cfg, inputs={"data": data}, work_dir=work_dir))
     except OrchardError as e:
         _fail(e)
@@ -150,11 +160,11 @@ def dpo_cmd(
     """
     if accelerate:
         _relaunch(accelerate, num_processes)
-    from .config import DPOConfig, load_config
+    from .config import DPOConfig
     from .dpo import dpo_stage
 
     try:
-        cfg = load_config(DPOConfig, config, {"algorithm": algorithm, "loss_type": loss_type, "max_steps": max_steps})
+        cfg = _config(DPOConfig, config, {"algorithm": algorithm, "loss_type": loss_type, "max_steps": max_steps})
         _print(_run(dpo_stage, out, pairs, sft, name="dpo", config=cfg, inputs={"pairs": pairs, "sft": sft},
                     work_dir=work_dir))
     except OrchardError as e:
@@ -175,11 +185,11 @@ def sample_cmd(
 
     Example: orchard align sample runs/demo/split --policy runs/demo/sft -n 4 --out runs/demo/candidates
     """
-    from .config import SampleConfig, load_config
+    from .config import SampleConfig
     from .sample import policy_pairs_stage, sample_stage
 
     try:
-        cfg = load_config(SampleConfig, config, {"num_completions": n})
+        cfg = _config(SampleConfig, config, {"num_completions": n})
         if mode == "reference_vs_policy":
             res = _run(policy_pairs_stage, out, prompts, policy, name="policy_pairs", config=cfg,
                        inputs={"data": prompts, "sft": policy}, work_dir=work_dir)
@@ -212,11 +222,11 @@ def eval_cmd(
 
     Example: orchard align eval runs/demo/split --sft runs/demo/sft --dpo runs/demo/dpo --pairs runs/demo/preferences --out runs/demo/eval
     """
-    from .config import EvalConfig, load_config
+    from .config import EvalConfig
     from .evaluate import eval_stage
 
     try:
-        cfg = load_config(EvalConfig, config, {"general_dir": str(general) if general else None})
+        cfg = _config(EvalConfig, config, {"general_dir": str(general) if general else None})
         inputs = {"data": data, "sft": sft, **({"dpo": dpo} if dpo else {}), **({"pairs": pairs} if pairs else {})}
         res = _run(eval_stage, out, data, pairs, sft, dpo, name="eval", config=cfg, inputs=inputs, work_dir=work_dir)
         _print(res)

@@ -16,14 +16,17 @@ import datasets
 
 from orchard.dataio import atomic_write_json
 from orchard.errors import InputError
+from orchard.schema import ModelRef
 
 from . import data as D
+from . import fast
 from .callbacks import StopOnNaN, quiet_progress
 from .config import DPOConfig
-from .modeling import adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info, write_policy_info
+from .modeling import (adapter_path, device, load_trainable_policy, policy_tokenizer, read_policy_info,
+                       write_policy_info)
 from .plots import plot_curves
-from . import fast
-from .trainutil import keep_dtype_on_resume, tensorboard_logdir, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import (keep_dtype_on_resume, last_checkpoint, print_summary, save_history, summary_line,
+                        tensorboard_logdir, trainer_kwargs)
 
 
 def _pairs_ds(rows: list[dict]) -> datasets.Dataset:
@@ -87,7 +90,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     train = D.read_pairs(pairs_dir, "train")
     test = D.read_pairs(pairs_dir, "test", required=False)
     info = read_policy_info(sft_dir)
-    base = config.base_model or info["base_model"]
+    base = ModelRef(config.base_model).resolve() if config.base_model else info["base_model"]
     init_dir = Path(config.init_adapter) if config.init_adapter else sft_dir
     if adapter_path(init_dir) is None and not (init_dir / "model").exists():
         raise InputError("no adapter to start from", path=init_dir, field="init_adapter")
@@ -107,7 +110,7 @@ def dpo_stage(pairs_dir: Path, sft_dir: Path, out_dir: Path, work_dir: Path, con
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     has_eval = bool(test) and config.eval_steps is not None
     kw = trainer_kwargs(config, ckpt_dir, has_eval, settings.dtype)
-    plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
+    plan = fast.decide(config.fast)
     kw = fast.trainer_kwargs(kw, plan, model=model, tokens_per_example=2 * config.max_length)
     nan_cb = StopOnNaN()
     cbs = ([nan_cb] if config.stop_on_nan else []) + list(callbacks or [])

@@ -16,7 +16,7 @@ import torch
 
 from orchard.errors import InputError
 
-from .config import ModelSettings
+from .config import LoraSettings, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def _local_device_index():
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def lora_config(settings: ModelSettings):
+def lora_config(settings: LoraSettings):
+    """PEFT's LoraConfig from the recipe's ``sft.lora_*`` keys (DPO continues the adapter SFT saved)."""
     from peft import LoraConfig
 
     return LoraConfig(

@@ -14,16 +14,18 @@ import datasets
 
 from orchard.dataio import atomic_write_json
 from orchard.errors import InputError
+from orchard.schema import ModelRef
 
 from . import data as D
+from . import fast
 from .callbacks import StopOnNaN, quiet_progress
 from .config import SFTConfig
 from .masking import assistant_masked_rows
 from .modeling import device, load_base, load_tokenizer, lora_config, write_policy_info
 from .plots import plot_curves
 from .score import sft_loss
-from . import fast
-from .trainutil import align_save_to_eval, keep_dtype_on_resume, tensorboard_logdir, last_checkpoint, print_summary, save_history, summary_line, trainer_kwargs
+from .trainutil import (align_save_to_eval, keep_dtype_on_resume, last_checkpoint, print_summary, save_history,
+                        summary_line, tensorboard_logdir, trainer_kwargs)
 
 
 def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, callbacks: list | None = None) -> dict:
@@ -38,6 +40,8 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     data_dir, out_dir, work_dir = Path(data_dir), Path(out_dir), Path(work_dir)
     if not config.base_model:
         raise InputError("SFT needs `base_model` (a hub id or a local folder)", field="base_model")
+    # a recipe run resolves run:<stage> before calling; standalone, such a reference is an error saying so
+    base_model = ModelRef(config.base_model).resolve()
     t0 = time.perf_counter()
     c0 = time.process_time()  # CPU seconds: on a shared machine wall time says little
 
@@ -48,15 +52,15 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
         raise InputError("every train row also appears in test.parquet", path=data_dir / "train.parquet")
     train_rows, val_rows = D.lineage_split(rows, config.validation_fraction, config.seed)
 
-    tok = load_tokenizer(config.base_model, config.chat_template, config.trust_remote_code)
-    model = load_base(config.base_model, config)
+    tok = load_tokenizer(base_model, config.chat_template, config.trust_remote_code)
+    model = load_base(base_model, config)
     peft_cfg = None if config.method == "full" else lora_config(config)
 
     ckpt_dir = work_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     has_eval = bool(val_rows)
     kw = trainer_kwargs(config, ckpt_dir, has_eval, config.dtype)
-    plan = fast.decide(config.fast_path, memory_budget_gib=config.fast_memory_gib)
+    plan = fast.decide(config.fast)
     kw = fast.trainer_kwargs(kw, plan, model=model, tokens_per_example=config.max_length)
     early = has_eval and config.early_stopping_patience is not None
     if has_eval and (early or config.load_best_model_at_end):
@@ -110,7 +114,7 @@ def sft_stage(data_dir: Path, out_dir: Path, work_dir: Path, config: SFTConfig, 
     (out_dir / sub / "training_args.bin").unlink(missing_ok=True)
     tok.save_pretrained(str(out_dir / "tokenizer"))
     write_policy_info(out_dir, {
-        "base_model": config.base_model,
+        "base_model": base_model,
         "method": config.method,
         "trust_remote_code": config.trust_remote_code,
         "chat_template": config.chat_template,

@@ -43,15 +43,16 @@ def layouts(n_gpus: int, configs: list[str], cpu: bool) -> list[tuple[str, Path 
 
 def stage_config(a, stage: str, fsdp: bool, cpu: bool) -> dict:
     cfg = dict(base_model=str(a.model_path), method="qlora", max_length=a.maxlen, gradient_checkpointing=True,
-               logging_steps=1, save_steps=100_000, report_to="none", lora_r=16, lora_alpha=16,
-               fast_path="auto", max_steps=a.sft_steps if stage == "sft" else a.dpo_steps,
+               logging_steps=1, save_steps=100_000, report_to="none",
+               fast={"mode": "auto"}, max_steps=a.sft_steps if stage == "sft" else a.dpo_steps,
                per_device_train_batch_size=a.sft_bs if stage == "sft" else a.dpo_bs)
-    if stage == "sft":
-        cfg.update(validation_fraction=0.0, early_stopping_patience=None, load_best_model_at_end=False)
+    if stage == "sft":  # the LoRA is SFT's; DPO continues it
+        cfg.update(validation_fraction=0.0, early_stopping_patience=None, load_best_model_at_end=False,
+                   lora_r=16, lora_alpha=16)
     if fsdp:
         # FSDP flattens parameters of one dtype: the 4-bit bytes stored as bf16 (recipes/accelerate/fsdp_qlora.yaml)
         cfg.update(bnb_quant_storage="bfloat16", dtype="bfloat16")
-    if cpu:
+    if cpu and stage == "sft":
         cfg.update(lora_dropout=0.0)
     return cfg
 

@@ -5,8 +5,9 @@ reports step time, tokens/s and peak GPU memory for each stage.
     python3 benchmarks/stages_8b.py --out $OUT          # on the GPU machine, after train_speed.py's wheels
     .venv/bin/python benchmarks/stages_8b.py --size tiny --sft-steps 3 --dpo-steps 2 --out /tmp/st   # CPU smoke
 
-The stages apply the fast path themselves (``fast_path`` in their configs, ``auto`` by default: what a recipe gets
-on such a GPU); ``--grad-accum 2`` lets it fold accumulation into larger micro batches.
+The stages apply the fast path themselves (the ``fast:`` block of their configs, ``mode: auto`` by default: what a
+recipe gets on such a GPU); ``--grad-accum 2`` lets it fold accumulation into larger micro batches, ``--fast-set
+memory_budget=auto`` (repeatable) sets another switch of that block.
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ def main(argv=None) -> None:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--maxlen", type=int, default=2048)
     p.add_argument("--fast", default="auto", choices=["auto", "on", "off"], help="fast path mode")
+    p.add_argument("--fast-set", action="append", metavar="KEY=VALUE", help="another FastConfig switch")
     a = p.parse_args(argv)
     TS._orchard_importable()
     import torch
 
     from orchard.align import fast
     from orchard.align.api import DPOConfig, SFTConfig, dpo_stage, sft_stage
+    from orchard.align.config import DPOFastConfig, FastConfig
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,17 +95,20 @@ def main(argv=None) -> None:
     sft_dir, pairs_dir = write_data(out / "data", vocab, 4 * a.grad_accum * a.sft_steps,
                                    2 * a.grad_accum * a.dpo_steps, a.maxlen)
     gpu = torch.cuda.is_available()
-    plan = fast.decide(a.fast)
+    sft_fast = {"mode": a.fast, **TS.fast_switches(a.fast_set, FastConfig)}
+    dpo_fast = {"mode": a.fast, **TS.fast_switches(a.fast_set, DPOFastConfig)}
+    plan = fast.decide(FastConfig(**sft_fast))
     common = dict(base_model=str(model), method="qlora" if gpu else "lora", max_length=a.maxlen,
                   gradient_checkpointing=True, logging_steps=5, save_steps=10_000, report_to="none",
-                  fast_path=a.fast, gradient_accumulation_steps=a.grad_accum, lora_r=16, lora_alpha=16)
+                  gradient_accumulation_steps=a.grad_accum)
     report = {"gpu": torch.cuda.get_device_name(0) if gpu else "cpu", "date": time.strftime("%Y-%m-%d"),
               "model": made, "fast_path": plan.as_dict(), "stages": {}}
     stages = [
-        ("sft", SFTConfig(**common, max_steps=a.sft_steps, per_device_train_batch_size=4, validation_fraction=0.0,
-                          early_stopping_patience=None, load_best_model_at_end=False),
+        ("sft", SFTConfig(**common, fast=sft_fast, lora_r=16, lora_alpha=16, max_steps=a.sft_steps,
+                          per_device_train_batch_size=4, validation_fraction=0.0, early_stopping_patience=None,
+                          load_best_model_at_end=False),
          lambda cfg, cbs: sft_stage(sft_dir, out / "sft", out / "work-sft", cfg, callbacks=cbs)),
-        ("dpo", DPOConfig(**common, max_steps=a.dpo_steps, per_device_train_batch_size=2),
+        ("dpo", DPOConfig(**common, fast=dpo_fast, max_steps=a.dpo_steps, per_device_train_batch_size=2),
          lambda cfg, cbs: dpo_stage(pairs_dir, out / "sft", out / "dpo", out / "work-dpo", cfg, callbacks=cbs)),
     ]
     for name, cfg, run in stages:

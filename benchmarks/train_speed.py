@@ -48,7 +48,7 @@ UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # dpo: relative, on the step-1 summed log-probs; grad_norm: relative, step 1 (bf16 kernels sum in other orders)
 TOL = {"sft": 0.02, "dpo": 0.005, "grad_norm": 0.03}
 
-# variant name -> (stage, fast plan overrides or None for the plain path, batch size multiplier, checkpointing,
+# variant name -> (stage, fast path overrides or None for the plain path, batch size multiplier, checkpointing,
 # gradient accumulation steps asked for). ``*_ga2``: 2 micro batches of the default size per optimizer step (the
 # effective batch a recipe asks for); the fast path may fold them into one micro batch of twice the size.
 VARIANTS = {
@@ -275,9 +275,17 @@ def run_trl_variant(name: str, base, tok, data, a, plan_over: dict | None, bs: i
 
     plan = None
     if plan_over is not None:
-        plan = fast.decide("on")
+        # the config's switches (FastConfig, as a recipe's `fast:` block sets them: --fast KEY=VALUE for every
+        # fast path, then the variant's own), then what only the plan holds (liger, unpad, fused_lora, folding)
+        from orchard.align.config import DPOFastConfig, FastConfig
+
+        cls = DPOFastConfig if stage == "dpo" else FastConfig
+        switches = {**fast_switches(getattr(a, "fast", None), cls),
+                    **{k: v for k, v in plan_over.items() if k in cls.model_fields}}
+        plan = fast.decide(cls(**{"mode": "on", **switches}))
         for k, v in plan_over.items():
-            setattr(plan, k, v)
+            if k not in cls.model_fields:
+                setattr(plan, k, v)
         if not torch.cuda.is_available():
             plan.liger = False
     wanted = a.profile_only.split(",") if getattr(a, "profile_only", None) else None
@@ -530,6 +538,18 @@ class _Profiler:
 def _data_multiplier(variants: str) -> int:
     """Examples per step of the largest variant, in units of the default batch: sizes every path's dataset."""
     return max(VARIANTS[n][2] * VARIANTS[n][4] for n in variants.split(",") if n in VARIANTS)
+
+
+def fast_switches(items: list[str] | None, cls) -> dict:
+    """``--fast KEY=VALUE`` items (values read as YAML) that ``cls`` (FastConfig or DPOFastConfig) has."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        if k.strip() in cls.model_fields:
+            out[k.strip()] = yaml.safe_load(v)
+    return out
 
 
 def cmd_trl(a) -> None:
@@ -810,6 +830,7 @@ def cmd_all(a) -> None:
     try:
         subprocess.run([sys.executable, __file__, "trl", *common, "--dpo-bs", str(a.dpo_bs), "--variants",
                         a.variants, "--profile", str(a.profile), *(["--pyprofile"] if a.pyprofile else []),
+                        *[x for kv in a.fast or [] for x in ("--fast", kv)],
                         *(["--profile-only", a.profile_only] if a.profile_only else []), "--out", str(trl_out)], env=env, check=False,
                        timeout=a.trl_timeout)
     except subprocess.TimeoutExpired:
@@ -856,6 +877,9 @@ def main(argv=None) -> None:
     p.add_argument("--dpo-bs", type=int, default=2, help="DPO pairs per step")
     p.add_argument("--maxlen", type=int, default=2048)
     p.add_argument("--variants", default="plain_sft,plain_dpo,fast_sft,fast_dpo")
+    p.add_argument("--fast", action="append", metavar="KEY=VALUE",
+                   help="a FastConfig switch for every fast path, e.g. --fast varlen_attention=false "
+                        "--fast memory_budget=auto (repeatable; a variant's own overrides win)")
     p.add_argument("--out", default=str(RESULTS / "_run"))
     p.add_argument("--trl-site", default=None, help="PYTHONPATH entry holding trl 1.16 & co (GPU image)")
     p.add_argument("--unsloth-site", default=None, help="PYTHONPATH entry holding unsloth & its trl")

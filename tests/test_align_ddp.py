@@ -29,7 +29,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, fast):
     common = dict(base_model=str(base), method="qlora", max_steps=3, learning_rate=3e-3,
                   lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_steps=10, max_length=64,
                   lora_r=8, lora_alpha=16, lora_dropout=0.0, validation_fraction=0.0, early_stopping_patience=None,
-                  fast_path=fast)  # "on": padding-free, hand-fused layers, lean step walks under DDP too
+                  fast={"mode": fast})  # "on": padding-free, hand-fused layers, lean step walks under DDP too
     (tmp_path / "one.yaml").write_text(yaml.safe_dump({**common, "per_device_train_batch_size": 4}))
     (tmp_path / "two.yaml").write_text(yaml.safe_dump({**common, "per_device_train_batch_size": 2}))
     acc = yaml.safe_load(open("recipes/accelerate/cpu_ddp.yaml"))

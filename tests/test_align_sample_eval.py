@@ -134,5 +134,6 @@ def test_cli_help_examples_and_input_errors(env, tmp_path):
     bad.write_text("max_step: 3\n")
     res = runner.invoke(app, ["sft", str(env["root"] / "data"), "--out", str(tmp_path / "o"), "--config", str(bad),
                               "--base-model", env["base"]])
-    assert res.exit_code == 2 and "max_step" in res.output and "Extra inputs" in res.output
+    assert res.exit_code == 2 and "max_step" in res.output and "unknown key" in res.output
+    assert f"{bad}:1: 'max_step'" in res.output  # the file and line of the bad key
     assert not (tmp_path / "o").exists()

@@ -161,7 +161,7 @@ def test_decide_falls_back_without_a_gpu():
     assert on.enabled and on.unpad and on.fused_lora and not on.liger and on.keep_layers == 0
     assert not on.fold_accumulation  # needs a GPU memory budget
     assert not fast.decide("off").enabled
-    with pytest.raises(ValueError, match="auto, on or off"):
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
         fast.decide("fast")
 
 
@@ -677,9 +677,9 @@ def test_activation_backward_matches_autograd(act):
 @pytest.mark.parametrize("tail", [False, True])
 def test_fused_layers_with_a_raw_activation_kernel_match_plain(spy, monkeypatch, tail):
     """The activation pair's forward is a raw kernel on CUDA (Liger's, outside autograd); with it, both MLP forms
-    must still pass the gradient to gate and up. (A GPU benchmark once ran ORCHARD_FAST_MLP_TAIL=0 with the raw
+    must still pass the gradient to gate and up. (A GPU benchmark once ran the MLP tail off with the raw
     kernel's output fed to the down projection: no gradient reached gate/up, and only the loss was checked.)
-    mlp_tail False (ORCHARD_FAST_MLP_TAIL=0): the down projection as a plain group over the kept product."""
+    mlp_tail False (``fast.mlp_tail: false``): the down projection as a plain group over the kept product."""
     from orchard.align.fast import layer
 
     real_pair = layer._activation_pair
@@ -873,3 +873,112 @@ def test_fused_layers_stay_off_where_parameters_are_sharded():
     assert "DEEPSPEED" in plan._shards_parameters(trainer(DistributedType.DEEPSPEED))
     assert plan._shards_parameters(trainer(DistributedType.MULTI_GPU)) is None
     assert plan._shards_parameters(trainer(DistributedType.NO)) is None
+
+
+# ---------------------------------------------------------------- the config, the version check, scoped hooks
+
+
+def test_unknown_library_version_falls_back_with_the_reason(monkeypatch, caplog):
+    """An untested torch version: the plan is the plain path, the reason names the version and the known range,
+    the console gets one line, and what apply() reports (metrics.json's fast_path entry) carries it."""
+    from types import SimpleNamespace
+
+    from orchard.align.fast import compat
+
+    real = compat.installed_version
+    monkeypatch.setattr(compat, "installed_version", lambda d: "2.99.0" if d == "torch" else real(d))
+    with caplog.at_level("WARNING", logger="orchard.align.fast.plan"):
+        plan = fast.decide("on")
+    assert not plan.enabled
+    assert "torch 2.99.0" in plan.reason and ">=2.11, <2.14" in plan.reason and "plain TRL path" in plan.reason
+    assert [r.getMessage() for r in caplog.records] == [plan.reason]
+    assert fast.apply(SimpleNamespace(), plan) == {"fast_path": False, "reason": plan.reason}
+    monkeypatch.setattr(compat, "installed_version", lambda d: "0.45.0" if d == "bitsandbytes" else real(d))
+    assert "bitsandbytes 0.45.0" in fast.decide("on").reason
+    monkeypatch.setattr(compat, "installed_version", lambda d: None if d == "bitsandbytes" else real(d))
+    assert fast.decide("on").enabled  # bitsandbytes is optional (non-quantized LoRA)
+    monkeypatch.setattr(compat, "installed_version", lambda d: "1.17.0" if d == "trl" else real(d))
+    assert "trl 1.17.0" in fast.decide("on").reason
+
+
+def test_missing_private_attribute_falls_back_with_the_reason(monkeypatch):
+    import transformers
+
+    assert fast.decide("on").enabled
+    monkeypatch.delattr(transformers.Trainer, "_clip_grad_norm")
+    plan = fast.decide("on")
+    assert not plan.enabled and "transformers.Trainer._clip_grad_norm is missing" in plan.reason
+
+
+def test_fast_config_switches_reach_the_plan():
+    from orchard.align.config import DPOFastConfig, FastConfig
+    from orchard.align.fast import plan as fplan
+
+    p = fast.decide(DPOFastConfig(mode="on", varlen_attention=False, fused_layers=False, mlp_tail=False,
+                                  direct_dequant=False, shared_prefix=False, memory_budget=24))
+    assert (p.varlen_attention, p.fused_layers, p.mlp_tail, p.direct_dequant, p.shared_prefix) == (False,) * 5
+    assert p.memory_budget_gib == 24.0
+    on = fast.decide(DPOFastConfig(mode="on"))
+    assert on.varlen_attention and on.fused_layers and on.mlp_tail and on.direct_dequant and on.shared_prefix
+    assert not fast.decide(FastConfig(mode="on")).shared_prefix  # SFT: nothing to share
+    assert fast.decide(FastConfig(mode="on")).memory_budget_gib == FastConfig().memory_budget == 16.0
+    # memory_budget auto: no GPU planning on CPU; on a GPU what is free plus what this process holds, less a margin
+    assert fast.decide(FastConfig(mode="on", memory_budget="auto")).memory_budget_gib is None
+    gib = 2**30
+    assert fplan.auto_budget_gib(60 * gib, 80 * gib, 6 * gib) == pytest.approx(66 - 2 - 0.05 * 80)
+    assert fplan.auto_budget_gib(0, 80 * gib, 0) == 1.0
+    # YAML reads a bare off as False
+    assert FastConfig(mode=False).mode == "off" and FastConfig(mode=True).mode == "on"
+
+
+def test_varlen_switch_is_passed_with_the_forward(monkeypatch):
+    """unpad.enable's varlen_attention reaches the attention as a keyword of each forward (no module flag)."""
+    seen = []
+    real = attention.packed_attention
+
+    def spy(*a, **k):
+        seen.append(k.get(attention.VARLEN_KEY))
+        return real(*a, **k)
+
+    monkeypatch.setattr(attention, "packed_attention", spy)  # what enable() registers with transformers
+    model = _tiny_peft()
+    unpad.enable(model, varlen_attention=False)
+    try:
+        ids, am, _ = _batch([7, 3])
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am)
+        assert seen and set(seen) == {False}
+        seen.clear()
+        assert not unpad.enable(model, varlen_attention=True)  # already patched: the switch is updated
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=am)
+        assert set(seen) == {True}
+    finally:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(attention.ATTN_NAME, real)
+
+
+def test_step_counter_hook_is_scoped_to_fused_layers():
+    """The fused layers' cast cache counts optimizer steps through torch's process-wide hook: installed once a
+    fused layer caches a cast, counting steps, and released by disable()."""
+    import gc
+
+    from orchard.align.fast import layer
+
+    gc.collect()
+    model = _tiny_peft()
+    unpad.enable(model)
+    layer.enable(model)
+    ids, am, labels = _batch([9, 4])
+    _loss_and_grads(model, ids, am, labels)
+    assert layer._STEPS.installed
+    before = layer._STEPS.count
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1).step()
+    assert layer._STEPS.count == before + 1
+    owners = [g.owner for lay in unpad.backbone(model).layers for g in layer._groups(lay)]
+    assert layer.disable(model) == 3
+    assert not any(o in layer._STEPS._holders for o in owners)
+    assert not any(k.startswith("_orchard_ab_") for o in owners for k in o.__dict__)
+    gc.collect()
+    assert layer._STEPS.installed == any(True for _ in layer._STEPS._holders)

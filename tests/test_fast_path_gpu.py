@@ -31,25 +31,21 @@ def _compare(lens=(37, 700, 1, 129, 1500), heads=32, kv_heads=8, dim=128, seed=0
         is_causal = True
         training = True
 
-    def attend(q, k, v):
+    def attend(q, k, v, varlen):
         return attention.packed_attention(M(), q, k, v, None, scaling=dim**-0.5,
-                                          **{attention.SEQ_LENS_KEY: list(lens)})[0]
+                                          **{attention.SEQ_LENS_KEY: list(lens), attention.VARLEN_KEY: varlen})[0]
 
     return _varlen_vs_sdpa(attend, q0, k0, v0, grad)
 
 
 def _varlen_vs_sdpa(attend, q0, k0, v0, grad):
     """Relative max differences of output and input gradients: varlen flash on vs off (SDPA per segment)."""
-    from orchard.align.fast import attention
-
     results = []
     for varlen in (True, False):
-        attention.USE_VARLEN[0] = varlen
         q, k, v = (x.clone().requires_grad_() for x in (q0, k0, v0))
-        out = attend(q, k, v)
+        out = attend(q, k, v, varlen)
         out.backward(grad)
         results.append((out.float(), q.grad.float(), k.grad.float(), v.grad.float()))
-    attention.USE_VARLEN[0] = True
     diffs = {}
     for name, a, b in zip(("out", "dq", "dk", "dv"), *results):
         assert a.shape == b.shape, name
@@ -85,8 +81,9 @@ def _compare_prefix(heads=32, kv_heads=8, dim=128, seed=1):
 
     q0, k0, v0 = rnd(heads), rnd(kv_heads), rnd(kv_heads)
     grad = torch.randn(1, tq, heads, dim, device="cuda", dtype=torch.bfloat16, generator=gg)
-    def attend(q, k, v):
-        return attention._prefix_attention(q, k, v, pp.lens_q, (pp.kv_index, pp.lens_k), 0.0, dim**-0.5)
+    def attend(q, k, v, varlen):
+        return attention._prefix_attention(q, k, v, pp.lens_q, (pp.kv_index, pp.lens_k), 0.0, dim**-0.5,
+                                           varlen=varlen)
 
     return _varlen_vs_sdpa(attend, q0, k0, v0, grad)
 
@@ -158,7 +155,7 @@ def _fused_layer_4bit(tmp):
                    for k, g in plain[1].items())
 
     return {"loss_rel": max(abs(r[0] - plain[0]) / abs(plain[0]) for r in (fused, ckpt)),
-            "min_grad_cosine": min(cos(fused), cos(ckpt)), "direct_dequant": bool(layer._DIRECT and layer._DIRECT[0])}
+            "min_grad_cosine": min(cos(fused), cos(ckpt)), "direct_dequant": layer.direct_dequant_in_use()}
 
 
 def test_fused_layers_on_a_4bit_model(tmp_path):

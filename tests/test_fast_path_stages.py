@@ -1,7 +1,7 @@
 """orchard's own SFT and DPO stages with the fast path forced on (CPU, NF4 4-bit base through bitsandbytes):
 the same training losses as with it off, and the manifest says what was applied.
 
-On CPU ``fast_path: on`` is the padding-free forward, the fused LoRA layers on bitsandbytes' ``Linear4bit`` and,
+On CPU ``fast: {mode: on}`` is the padding-free forward, the fused LoRA layers on bitsandbytes' ``Linear4bit`` and,
 for DPO, each pair's prompt computed once; the GPU-only parts (Liger, varlen flash, kept layers, folding) are
 measured in benchmarks/train_speed.py.
 """
@@ -43,7 +43,7 @@ def test_sft_stage_fast_path_same_losses(env):
     runs = {}
     for mode in ("off", "on"):
         out = root / f"sft-{mode}"
-        runs[mode] = (out, sft_stage(root / "data", out, root / f"work-sft-{mode}", SFTConfig(fast_path=mode, **kw)))
+        runs[mode] = (out, sft_stage(root / "data", out, root / f"work-sft-{mode}", SFTConfig(fast={"mode": mode}, **kw)))
     (off, m_off), (on, m_on) = runs["off"], runs["on"]
     assert m_off["fast_path"]["fast_path"] is False
     applied = m_on["fast_path"]
@@ -74,7 +74,7 @@ def test_dpo_stage_fast_path_same_losses_and_shared_prompts(env, monkeypatch):
     ms = {}
     for mode in ("off", "on"):
         out = root / f"dpo-{mode}"
-        ms[mode] = dpo_stage(root / "pairs", root / "sft", out, root / f"work-dpo-{mode}", DPOConfig(fast_path=mode, **kw))
+        ms[mode] = dpo_stage(root / "pairs", root / "sft", out, root / f"work-dpo-{mode}", DPOConfig(fast={"mode": mode}, **kw))
     applied = ms["on"]["fast_path"]
     # every training forward (policy and reference) shared its prompts; the off run never asked
     assert len(shared) >= 2 * 5 and all(n > 0 for n in shared[:10]), shared

@@ -14,6 +14,8 @@ import torch
 ATTN_NAME = "orchard_packed"
 SEQ_LENS_KEY = "orchard_seq_lens"
 KV_KEY = "orchard_kv"  # (key index, key segment lengths) for shared prefixes (orchard.align.fast.prefix)
+# False: one SDPA call per example even on CUDA (FastConfig.varlen_attention; set by orchard.align.fast.unpad)
+VARLEN_KEY = "orchard_varlen"
 
 
 def _segment_lengths(total: int, kwargs: dict) -> list[int] | None:
@@ -37,15 +39,18 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     kv = kwargs.get(KV_KEY)
+    varlen = kwargs.get(VARLEN_KEY, True)
     if kv is not None and query.shape[0] == 1:
-        return _prefix_attention(query, key, value, tuple(kwargs[SEQ_LENS_KEY]), kv, dropout, scaling), None
+        return _prefix_attention(query, key, value, tuple(kwargs[SEQ_LENS_KEY]), kv, dropout, scaling,
+                                 varlen=varlen), None
     lens = _segment_lengths(query.shape[2], kwargs) if query.shape[0] == 1 else None
-    kwargs = {k: v for k, v in kwargs.items() if k not in (SEQ_LENS_KEY, KV_KEY, "is_causal", "cu_seq_lens_q",
-                                                            "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    kwargs = {k: v for k, v in kwargs.items() if k not in (SEQ_LENS_KEY, KV_KEY, VARLEN_KEY, "is_causal",
+                                                            "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
+                                                            "max_length_k")}
     if lens is None or len(lens) == 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    if _varlen_ok(query, dropout):
+    if varlen and _varlen_ok(query, dropout):
         return _varlen(query, key, value, lens, scaling), None
     # split (not slicing) so that backward assembles the three input gradients with one concatenation each.
     # cuDNN's SDPA is left out: it builds an execution plan for every new sequence length, which cost ~2 ms of
@@ -64,14 +69,11 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 # boundaries and does them all in one launch. PyTorch exposes it as the aten ops used under
 # torch.nn.attention.varlen; they are called directly because that wrapper's signature moved between releases.
 
-_CU: dict = {}
-
-
-USE_VARLEN = [True]  # FastPlan.varlen_attention; False keeps one SDPA call per example (measurements)
+_CU: dict = {}  # cumulative sequence lengths by (lengths, device): a cache
 
 
 def _varlen_ok(query, dropout: float) -> bool:
-    return (USE_VARLEN[0] and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and not dropout
             and query.shape[-1] % 8 == 0 and query.shape[-1] <= 256
             and hasattr(torch.ops.aten, "_flash_attention_forward"))
 
@@ -126,11 +128,11 @@ def _varlen(query, key, value, lens, scaling, lens_k=None):
     return out.unsqueeze(0)
 
 
-def _prefix_attention(query, key, value, lens_q, kv, dropout, scaling):
+def _prefix_attention(query, key, value, lens_q, kv, dropout, scaling, varlen: bool = True):
     """Segments whose keys are gathered by index (shared prefixes), causal aligned to the bottom right."""
     index, lens_k = kv
     key, value = key.index_select(2, index), value.index_select(2, index)
-    if _varlen_ok(query, dropout):
+    if varlen and _varlen_ok(query, dropout):
         return _varlen(query, key, value, lens_q, scaling, tuple(lens_k))
     groups = query.shape[1] // key.shape[1]
     if groups > 1:

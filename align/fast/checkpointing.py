@@ -2,7 +2,8 @@
 
 With a frozen 4-bit base a checkpointed layer costs a third more compute (its forward runs twice); a layer kept
 out stores its activations instead. The Trainer (and TRL's DPO, around every reference forward) switches
-checkpointing on for all layers, so a kept layer gets a class whose ``gradient_checkpointing`` stays False.
+checkpointing on for all layers, so a kept layer gets a class whose ``gradient_checkpointing`` stays False
+(:mod:`orchard.align.fast.decoder`).
 
 ``keep="auto"`` sizes it after the first optimizer step: (memory budget - measured peak - margin) divided by a
 worst-case estimate of one layer's activations for the largest batch the trainer can form.
@@ -16,33 +17,10 @@ import math
 import torch
 from transformers import TrainerCallback
 
-from .unpad import backbone
+from .decoder import backbone, is_kept, set_kept_exact, unkeep
+from .layer import covers
 
 log = logging.getLogger(__name__)
-_KEPT: dict[type, type] = {}
-
-
-def _kept_class(cls: type) -> type:
-    if cls not in _KEPT:
-        # reads say False; what the Trainer sets meanwhile is remembered for when the layer is checkpointed again
-        _KEPT[cls] = type(f"Kept{cls.__name__}", (cls,), {
-            "gradient_checkpointing": property(lambda self: False,
-                                               lambda self, value: self.__dict__.__setitem__("_orchard_ckpt", value)),
-            "_orchard_kept": True,
-        })
-    return _KEPT[cls]
-
-
-def _keep(layer) -> None:
-    if not getattr(layer, "_orchard_kept", False):
-        layer.__dict__["_orchard_ckpt"] = layer.__dict__.pop("gradient_checkpointing", layer.gradient_checkpointing)
-        layer.__class__ = _kept_class(type(layer))
-
-
-def _unkeep(layer) -> None:
-    if getattr(layer, "_orchard_kept", False):
-        layer.__class__ = type(layer).__mro__[1]
-        layer.gradient_checkpointing = layer.__dict__.pop("_orchard_ckpt", False)
 
 
 def set_kept_layers(model, keep: int) -> int:
@@ -52,20 +30,12 @@ def set_kept_layers(model, keep: int) -> int:
     return max(0, min(int(keep), len(inner.layers)))
 
 
-def set_kept_exact(inner, keep: int) -> None:
-    """Exactly the last ``keep`` layers of the backbone ``inner`` kept, the others checkpointed as configured."""
-    layers = inner.layers
-    cut = len(layers) - max(0, min(int(keep), len(layers)))
-    for i, layer in enumerate(layers):
-        (_keep if i >= cut else _unkeep)(layer)
-
-
 def reset_kept_layers(model) -> int:
     """Undo :func:`set_kept_layers` (benchmarks reuse one model for several paths)."""
     n = 0
     for layer in backbone(model).layers:
-        if getattr(layer, "_orchard_kept", False):
-            _unkeep(layer)
+        if is_kept(layer):
+            unkeep(layer)
             n += 1
     inner = backbone(model)
     inner.__dict__.pop("_orchard_keep_for", None)
@@ -98,8 +68,6 @@ def intermediates_kept(inner) -> int:
     layers = getattr(inner, "layers", None)
     if layers is None or not len(layers):
         return 3
-    from .layer import covers
-
     first = layers[0]
     return 2 if first.__dict__.get("_orchard_mlp_tail") and covers(first) else 3
 
@@ -161,7 +129,7 @@ class PartialCheckpointing(TrainerCallback):
     whole run from the largest possible batch (``max_tokens``), after the first step.
     """
 
-    def __init__(self, keep: int | str, budget_gib: float = 16.0, max_tokens: int | None = None):
+    def __init__(self, keep: int | str, budget_gib: float, max_tokens: int | None = None):
         self.keep, self.budget_gib, self.max_tokens = keep, budget_gib, max_tokens
         self.applied: int | str | None = None
         self.static = None

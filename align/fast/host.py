@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from .decoder import backbone
+
 
 def lean_adapter_switch(model) -> bool:
     """Install the lean ``disable_adapter`` on a PEFT model (idempotent). False where PEFT's own is kept."""
@@ -99,8 +101,6 @@ def lean_step_walks(trainer) -> list[str]:
     if "train" not in model.__dict__:
         original_train = model.train
         try:
-            from .unpad import backbone
-
             sentinels = [model, *backbone(model).layers]
         except TypeError:
             sentinels = [model]
@@ -189,7 +189,10 @@ def lean_checkpointing_switch(model) -> bool:
 
     cls = type(model)
     if cls not in _LEAN_GC:
-        # a subclass for the property (instances cannot carry one); methods go on the instance
+        # Why a class swap: ``is_gradient_checkpointing`` must be answered afresh on every read (the flags change
+        # under it), which takes a property, and only a class can carry one (an instance attribute is a fixed
+        # value). The subclass holds that property alone and keeps the class name (reprs, saved model cards);
+        # the methods go on the instance, and :func:`restore` puts the class back.
         _LEAN_GC[cls] = type(cls.__name__, (cls,), {
             "is_gradient_checkpointing": property(lambda self: self.__dict__["_orchard_gc_is_on"]()),
             "_orchard_lean_gc": True})

@@ -23,13 +23,14 @@ projection whose output it discards.
 
 from __future__ import annotations
 
-import os
 import sys
+import weakref
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .attention import SEQ_LENS_KEY, packed_attention
+from .decoder import backbone, is_kept, keep, unkeep
 from .lora import adapter_and_dropout
 
 SUPPORTED = ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer")
@@ -43,8 +44,9 @@ def _base(linear):
     return linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
 
 
-def _dequantized(base, dtype) -> torch.Tensor:
-    """The base layer's weight, (out, in), in ``dtype``: bitsandbytes 4-bit weights dequantized by one kernel."""
+def _dequantized(base, dtype, direct: bool = True) -> torch.Tensor:
+    """The base layer's weight, (out, in), in ``dtype``: bitsandbytes 4-bit weights dequantized by one kernel
+    (``direct``: bitsandbytes' C entry point where it checked out, see :class:`_DirectDequant`)."""
     w = base.weight
     q = base.__dict__.get("_orchard_q")
     if q is None or q[0] is not w:
@@ -53,7 +55,7 @@ def _dequantized(base, dtype) -> torch.Tensor:
         return w if w.dtype == dtype else w.to(dtype)
     _, data, absmax, blocksize, quant_type, shape, qdtype = q
     out = torch.empty(shape, dtype=qdtype, device=data.device)
-    _dequantize_into(data, absmax, blocksize, quant_type, shape, qdtype, out)
+    _dequantize_into(data, absmax, blocksize, quant_type, shape, qdtype, out, direct)
     return out if out.dtype == dtype else out.to(dtype)
 
 
@@ -79,18 +81,31 @@ def _quantized_view(w):
     return (w, data.contiguous(), absmax, qs.blocksize, qs.quant_type, tuple(qs.shape), qs.dtype)
 
 
-_DIRECT: list = []  # [callable or False]: bitsandbytes' C entry point, once checked against its torch op
+class _DirectDequant:
+    """bitsandbytes' C dequantization entry point, checked once per process against its torch op (a cache of that
+    check, not a switch: whether to use it at all is ``FastConfig.direct_dequant``, passed to :func:`enable`)."""
+
+    fn = None  # None: not checked yet; False: the check failed or the entry point is missing; else the callable
+
+    @classmethod
+    def get(cls, data, absmax, blocksize, quant_type, shape, dtype):
+        if cls.fn is None:
+            cls.fn = _direct_dequant(data, absmax, blocksize, quant_type, shape, dtype)
+        return cls.fn
 
 
-def _dequantize_into(data, absmax, blocksize, quant_type, shape, dtype, out) -> None:
+def direct_dequant_in_use() -> bool:
+    """Whether bitsandbytes' C entry point passed its byte-for-byte check in this process (GPU tests read it)."""
+    return bool(_DirectDequant.fn)
+
+
+def _dequantize_into(data, absmax, blocksize, quant_type, shape, dtype, out, direct: bool = True) -> None:
     # bitsandbytes' torch op runs a Python implementation (checks, device guard, ctypes); ~600 calls a step on an
     # 8B model. Its C function is called directly once the first call has shown both give the same bytes.
     if not data.is_cuda:  # bitsandbytes registers the out= form for CUDA only (CPU QLoRA: the tests, small runs)
         out.copy_(torch.ops.bitsandbytes.dequantize_4bit(data, absmax, blocksize, quant_type, shape, dtype))
         return
-    if not _DIRECT:
-        _DIRECT.append(_direct_dequant(data, absmax, blocksize, quant_type, shape, dtype))
-    fn = _DIRECT[0]
+    fn = _DirectDequant.get(data, absmax, blocksize, quant_type, shape, dtype) if direct else False
     if fn:
         fn(data, absmax, blocksize, quant_type, dtype, out)
     else:
@@ -98,7 +113,7 @@ def _dequantize_into(data, absmax, blocksize, quant_type, shape, dtype, out) -> 
 
 
 def _direct_dequant(data, absmax, blocksize, quant_type, shape, dtype):
-    if not data.is_cuda or os.environ.get("ORCHARD_FAST_DIRECT_DEQUANT", "1") == "0":
+    if not data.is_cuda:
         return False
     try:
         from bitsandbytes.cextension import lib
@@ -140,20 +155,53 @@ def _lora_of(linear):
     return adapter_and_dropout(linear)
 
 
-_STEPS = [0]  # optimizer steps taken in this process (any torch optimizer): part of every cast's stamp
+class _OptimizerSteps:
+    """Optimizer steps taken in this process (any torch optimizer), part of every cached cast's stamp: an update
+    through ``.data`` or a C kernel (8-bit optimizers) changes a weight without bumping its version counter.
+
+    Counting needs torch's process-wide post-step hook. It is installed when the first module caches a cast and
+    removed when the last such module is disabled (:func:`disable`) or freed, so importing this module, or a run
+    on the plain path, leaves torch's optimizers untouched."""
+
+    def __init__(self):
+        self.count = 0
+        self._holders: weakref.WeakSet = weakref.WeakSet()
+        self._handle = None
+
+    def _bump(self, optimizer, args, kwargs) -> None:
+        self.count += 1
+
+    def hold(self, module) -> None:
+        if module in self._holders:
+            return
+        self._holders.add(module)
+        weakref.finalize(module, self._drop_if_unused)
+        if self._handle is None:
+            self._handle = register_optimizer_step_post_hook(self._bump)
+
+    def release(self, module) -> None:
+        self._holders.discard(module)
+        self._drop_if_unused()
+
+    def _drop_if_unused(self) -> None:
+        if self._handle is not None and not any(True for _ in self._holders):
+            self._handle.remove()
+            self._handle = None
+
+    @property
+    def installed(self) -> bool:
+        return self._handle is not None
 
 
-def _count_step(optimizer, args, kwargs) -> None:
-    _STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_step)
+_STEPS = _OptimizerSteps()
+_CAST_PREFIX = "_orchard_ab_"
 
 
 def _cast_cached(owner, key: str, make, *params) -> torch.Tensor:
     """``make()`` computed once per state of the adapter weights: their storage, their version counters (in-place
     updates bump them) and the optimizer steps taken (fused optimizers, ``.data`` writes)."""
-    stamp = (_STEPS[0], *((p.data_ptr(), p._version) for p in params))
+    _STEPS.hold(owner)
+    stamp = (_STEPS.count, *((p.data_ptr(), p._version) for p in params))
     hit = owner.__dict__.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
@@ -163,11 +211,19 @@ def _cast_cached(owner, key: str, make, *params) -> torch.Tensor:
     return value
 
 
-class _Group:
-    """Linear layers reading the same input: their frozen bases and (optionally) their LoRA adapters."""
+def _drop_casts(owner) -> None:
+    """Forget ``owner``'s cached casts (and stop counting steps for it)."""
+    for k in [k for k in owner.__dict__ if k.startswith(_CAST_PREFIX)]:
+        del owner.__dict__[k]
+    _STEPS.release(owner)
 
-    def __init__(self, owner, linears):
-        self.owner, self.linears = owner, linears
+
+class _Group:
+    """Linear layers reading the same input: their frozen bases and (optionally) their LoRA adapters.
+    ``direct``: 4-bit weights dequantized through bitsandbytes' C entry point (``FastConfig.direct_dequant``)."""
+
+    def __init__(self, owner, linears, direct: bool = True):
+        self.owner, self.linears, self.direct = owner, linears, direct
         self.bases = [_base(m) for m in linears]
         self.outs = [b.out_features for b in self.bases]
 
@@ -184,7 +240,7 @@ class _Group:
         return loras if active else None
 
     def weights(self, dtype):
-        return [_dequantized(b, dtype) for b in self.bases]
+        return [_dequantized(b, dtype, self.direct) for b in self.bases]
 
     def biases(self, dtype):
         return [None if b.bias is None else b.bias.to(dtype) for b in self.bases]
@@ -195,7 +251,7 @@ class _Group:
         a_params = [x[0] for x in loras]
         b_params = [x[1] for x in loras]
         # one entry per adapter: DPO with a reference adapter alternates between two every step
-        key = f"_orchard_ab_{id(self)}_{dtype}_{id(a_params[0])}"
+        key = f"{_CAST_PREFIX}{id(self)}_{dtype}_{id(a_params[0])}"
 
         def make():
             a = [(p * x[2]).to(dtype) if x[2] != 1 else p.to(dtype) for p, x in zip(a_params, loras)]
@@ -435,9 +491,10 @@ def _groups(layer):
     g = layer.__dict__.get("_orchard_groups")
     if g is None:
         attn, mlp = layer.self_attn, layer.mlp
+        d = layer.__dict__.get("_orchard_direct_dequant", True)
         g = layer.__dict__["_orchard_groups"] = (
-            _Group(attn, [attn.q_proj, attn.k_proj, attn.v_proj]), _Group(attn.o_proj, [attn.o_proj]),
-            _Group(mlp, [mlp.gate_proj, mlp.up_proj]), _Group(mlp.down_proj, [mlp.down_proj]))
+            _Group(attn, [attn.q_proj, attn.k_proj, attn.v_proj], d), _Group(attn.o_proj, [attn.o_proj], d),
+            _Group(mlp, [mlp.gate_proj, mlp.up_proj], d), _Group(mlp.down_proj, [mlp.down_proj], d))
     return g
 
 
@@ -619,22 +676,26 @@ def _plain_class_or_none(layer):
 
 
 def _fused_class(cls: type) -> type:
+    # Why a class swap, not an instance ``forward``: the subclass keeps the layer an instance of its own class
+    # (transformers' and PEFT's isinstance checks, gradient checkpointing's ``__call__``), survives deepcopy and
+    # pickling (a bound method in the instance dict would point at the original), and its parent's forward is the
+    # fallback for every call the fused form does not cover. :func:`disable` restores the class.
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward, "_orchard_fused_layer": True})
     return _CLASSES[cls]
 
 
-def enable(model, mlp_tail: bool = True) -> int:
+def enable(model, mlp_tail: bool = True, direct_dequant: bool = True) -> int:
     """Give every eligible decoder layer of ``model`` the fused forward; returns how many now have it.
-    ``mlp_tail``: the down projection with the SwiGLU product recomputed in its backward (:class:`_MLPTail`)."""
-    from .unpad import backbone
-
+    ``mlp_tail``: the down projection with the SwiGLU product recomputed in its backward (:class:`_MLPTail`);
+    ``direct_dequant``: 4-bit weights dequantized through bitsandbytes' C entry point (CUDA, once checked)."""
     n = 0
     for layer in backbone(model).layers:
         if getattr(layer, "_orchard_fused_layer", False) or not eligible(layer):
             continue
         layer.__class__ = _fused_class(type(layer))
         layer.__dict__["_orchard_mlp_tail"] = bool(mlp_tail)
+        layer.__dict__["_orchard_direct_dequant"] = bool(direct_dequant)
         # the kept block scales now, before training: the kept-layer planner counts memory present at the start
         # as the model's own, and anything first allocated in step 1 as per-token cost
         for group in _groups(layer):
@@ -645,22 +706,22 @@ def enable(model, mlp_tail: bool = True) -> int:
 
 
 def disable(model) -> int:
-    from .checkpointing import _keep, _unkeep
-    from .unpad import backbone
-
+    """Undo :func:`enable` (benchmarks reuse one loaded model for several paths); returns how many layers."""
     n = 0
     for layer in backbone(model).layers:
         if getattr(layer, "_orchard_fused_layer", False):
-            kept = getattr(layer, "_orchard_kept", False)
+            kept = is_kept(layer)
             if kept:  # the kept-layer class sits above the fused one
-                _unkeep(layer)
+                unkeep(layer)
             layer.mlp.__dict__.pop("_orchard_act", None)
             layer.__dict__.pop("_orchard_mlp_tail", None)
+            layer.__dict__.pop("_orchard_direct_dequant", None)
             for group in layer.__dict__.pop("_orchard_groups", ()):
+                _drop_casts(group.owner)
                 for base in group.bases:
                     base.__dict__.pop("_orchard_q", None)  # frees the kept block scales
             layer.__class__ = type(layer).__mro__[1]
             if kept:
-                _keep(layer)
+                keep(layer)
             n += 1
     return n

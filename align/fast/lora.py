@@ -69,8 +69,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 
 def _fused_class(cls: type) -> type:
-    # A subclass (not an instance attribute) so that deepcopy, pickling and PEFT's own isinstance checks keep
-    # working; its parent's forward is the fallback.
+    # Why a class swap, not an instance ``forward``: a subclass keeps deepcopy, pickling and PEFT's own isinstance
+    # checks working (a bound method in the instance dict would still point at the original after a deepcopy),
+    # and its parent's forward is the fallback for every call the fused form does not cover. ``disable`` restores
+    # the class.
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward, "_orchard_fused": True})
     return _CLASSES[cls]

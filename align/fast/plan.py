@@ -1,41 +1,52 @@
-"""Deciding and applying the fast path: what the hardware supports, and the switches it turns on.
+"""Deciding and applying the fast path: what the hardware and the installed libraries support, and what it turns on.
 
-``decide("auto")`` turns the fast path on for CUDA GPUs of compute capability 8.0 or newer (bf16 and SDPA's flash
-kernel) and off elsewhere, with the reason; ``"on"`` forces the hardware-independent part (padding-free forward),
-which is what the CPU tests exercise; ``"off"`` is the plain TRL path.
+``decide(FastConfig(mode="auto"))`` turns the fast path on for CUDA GPUs of compute capability 8.0 or newer (bf16
+and SDPA's flash kernel) and off elsewhere, with the reason; ``"on"`` forces the hardware-independent part
+(padding-free forward, fused LoRA), which is what the CPU tests exercise; ``"off"`` is the plain TRL path. Either
+way an unknown torch/transformers/TRL/PEFT/bitsandbytes version, or a private name missing from one, falls back
+to the plain path with the reason (:mod:`orchard.align.fast.compat`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import logging
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+from . import compat
+
+if TYPE_CHECKING:
+    from ..config import FastConfig
+
+log = logging.getLogger(__name__)
+
+# memory_budget "auto": what the card has free, less this margin for what the planner's peak (allocated tensors)
+# does not count: the CUDA context, cuBLAS workspaces and the caching allocator's fragmentation.
+AUTO_MARGIN_GIB = 2.0
+AUTO_MARGIN_FRACTION = 0.05  # of the card's memory, on top
 
 
 @dataclass
 class FastPlan:
+    """What the fast path does in this run: the switches of the config as decided for this machine, and what
+    ``decide`` derived (padding-free forward, Liger, fused LoRA, folded accumulation). ``apply`` reads only this."""
+
     enabled: bool
     reason: str
     unpad: bool = False  # padding-free forward with attention kept within each example
     liger: bool = False  # Liger kernels (RMSNorm, RoPE, SwiGLU; fused linear cross-entropy for SFT)
-    # on CUDA, one variable-length flash call per layer instead of one per example; ORCHARD_FAST_VARLEN=0 turns
-    # it off (a build whose flash kernel misbehaves; measurements)
-    varlen_attention: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_VARLEN", "1") != "0")
-    # DPO: each pair's prompt computed once for chosen and rejected (fast.prefix); ORCHARD_FAST_SHARED_PREFIX=0 off
-    shared_prefix: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_SHARED_PREFIX", "1") != "0")
+    varlen_attention: bool = False  # FastConfig.varlen_attention
+    shared_prefix: bool = False  # DPOFastConfig.shared_prefix (preference trainers only)
     fused_lora: bool = False  # LoRA update added by one addmm instead of PEFT's clone + matmuls + scale + add
-    # Llama-style decoder layers run hand-fused (fast.layer: one autograd node per group of linears, cached
-    # dequantization scales); ORCHARD_FAST_FUSED_LAYERS=0 turns it off
-    fused_layers: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_FUSED_LAYERS", "1") != "0")
-    # with them: the SwiGLU product recomputed in the down projection's backward instead of kept (a kept layer
-    # stores 2 intermediate-sized tensors, not 3), and a checkpointed layer's recomputation skips the down
-    # projection, whose output it discards; ORCHARD_FAST_MLP_TAIL=0 turns it off
-    mlp_tail: bool = field(default_factory=lambda: os.environ.get("ORCHARD_FAST_MLP_TAIL", "1") != "0")
+    fused_layers: bool = False  # FastConfig.fused_layers
+    mlp_tail: bool = False  # FastConfig.mlp_tail
+    direct_dequant: bool = False  # FastConfig.direct_dequant
     fold_accumulation: bool = False  # gradient accumulation folded into larger micro batches that fit the budget
     keep_layers: int | str = 0  # decoder layers left out of activation checkpointing, or "auto"
-    memory_budget_gib: float = 16.0  # what "auto" may fill
+    memory_budget_gib: float | None = None  # what "auto" may fill (None: no GPU planning)
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -46,21 +57,49 @@ def _liger_ok() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
 
 
-def decide(mode: str = "auto", keep_layers: int | str = "auto", memory_budget_gib: float = 16.0) -> FastPlan:
-    """The plan for this machine. ``mode``: "auto" | "on" | "off"."""
-    if mode not in ("auto", "on", "off"):
-        raise ValueError(f"fast_path must be auto, on or off, not {mode!r}")
+def auto_budget_gib(free_bytes: int, total_bytes: int, reserved_bytes: int) -> float:
+    """``memory_budget: auto``: the card's free memory plus what this process's allocator already holds (the
+    model, loaded before the plan is made), less a margin."""
+    margin = AUTO_MARGIN_GIB + AUTO_MARGIN_FRACTION * total_bytes / 2**30
+    return max(1.0, (free_bytes + reserved_bytes) / 2**30 - margin)
+
+
+def _budget(value: float | str, gpu: bool) -> float | None:
+    if value != "auto":
+        return float(value)
+    if not gpu:
+        return None  # on CPU nothing is planned against GPU memory
+    free, total = torch.cuda.mem_get_info()
+    return round(auto_budget_gib(free, total, torch.cuda.memory_reserved()), 2)
+
+
+def decide(config: FastConfig | str = "auto") -> FastPlan:
+    """The plan for this machine from ``config`` (a FastConfig or DPOFastConfig; a bare mode string stands for
+    ``FastConfig(mode=...)``)."""
+    from ..config import FastConfig
+
+    cfg = FastConfig(mode=config) if isinstance(config, str) else config
+    mode = cfg.mode
     if mode == "off":
-        return FastPlan(False, "fast_path: off")
+        return FastPlan(False, "fast.mode: off")
     gpu = torch.cuda.is_available()
     cc = torch.cuda.get_device_capability() if gpu else None
     modern = bool(cc and cc >= (8, 0))
     if mode == "auto" and not modern:
         why = "no CUDA GPU" if not gpu else f"GPU compute capability {cc[0]}.{cc[1]} < 8.0"
         return FastPlan(False, f"{why}: plain TRL path")
-    plan = FastPlan(True, "fast_path: on" if mode == "on" else f"CUDA GPU, compute capability {cc[0]}.{cc[1]}",
-                    unpad=True, fused_lora=True, fold_accumulation=gpu, keep_layers=keep_layers if gpu else 0,
-                    memory_budget_gib=memory_budget_gib)
+    unknown = compat.problems(gpu)
+    if unknown:
+        why = f"fast path off ({'; '.join(unknown)}): plain TRL path"
+        log.warning(why)
+        return FastPlan(False, why)
+    plan = FastPlan(True, "fast.mode: on" if mode == "on" else f"CUDA GPU, compute capability {cc[0]}.{cc[1]}",
+                    unpad=True, fused_lora=True, fold_accumulation=gpu, keep_layers=cfg.keep_layers if gpu else 0,
+                    memory_budget_gib=_budget(cfg.memory_budget, gpu), varlen_attention=cfg.varlen_attention,
+                    shared_prefix=getattr(cfg, "shared_prefix", False), fused_layers=cfg.fused_layers,
+                    mlp_tail=cfg.mlp_tail, direct_dequant=cfg.direct_dequant)
+    if cfg.memory_budget == "auto" and plan.memory_budget_gib is not None:
+        plan.notes.append(f"memory budget auto: {plan.memory_budget_gib} GiB (free on the card, less a margin)")
     plan.liger = gpu and _liger_ok()
     if gpu and not plan.liger:
         plan.notes.append("liger-kernel not installed: install orchard[gpu] for its fused kernels")
@@ -81,7 +120,8 @@ def trainer_kwargs(kw: dict, plan: FastPlan, model=None, tokens_per_example: int
     if plan.enabled and plan.liger:
         kw["use_liger_kernel"] = True
     ga = int(kw.get("gradient_accumulation_steps") or 1)
-    if plan.enabled and plan.fold_accumulation and model is not None and ga > 1:
+    if (plan.enabled and plan.fold_accumulation and plan.memory_budget_gib is not None and model is not None
+            and ga > 1):
         bs = int(kw.get("per_device_train_batch_size") or 8)
         tokens = tokens_per_example or int(kw.get("max_length") or 2048)
         f = fold_factor(model, bs, ga, tokens, plan.memory_budget_gib)
@@ -98,7 +138,7 @@ def fold_factor(model, batch_size: int, accumulation: int, tokens_per_example: i
     inputs and one decoder layer's activations during its recomputation (from
     :func:`orchard.align.fast.checkpointing.layer_bytes_per_token`; measured peaks stayed under this)."""
     from .checkpointing import layer_bytes_per_token, residual_bytes
-    from .unpad import backbone
+    from .decoder import backbone
 
     try:
         inner = backbone(model)
@@ -131,18 +171,18 @@ def _shards_parameters(trainer) -> str | None:
 
 def apply(trainer, plan: FastPlan) -> dict:
     """Patch a built TRL trainer's model in place; returns what was applied (for metrics/manifests)."""
-    from . import attention, host, layer, lora, unpad
+    # imported here: the patching modules pull in transformers and PEFT, which deciding does not need
+    from . import host, layer, lora, unpad
     from .checkpointing import PartialCheckpointing
 
     done = {"fast_path": plan.enabled, "reason": plan.reason}
     if not plan.enabled:
         return done
     if plan.unpad:
-        unpad.enable(trainer.model)
-        attention.USE_VARLEN[0] = plan.varlen_attention
+        share = plan.shared_prefix and hasattr(trainer.args, "beta")  # a preference trainer: [chosen; rejected]
+        unpad.enable(trainer.model, varlen_attention=plan.varlen_attention, shared_prefix=share)
         done["padding_free"] = True
-        if plan.shared_prefix and hasattr(trainer.args, "beta"):  # a preference trainer: [chosen; rejected]
-            unpad.backbone(trainer.model).__dict__["_orchard_share_prefix"] = True
+        if share:
             done["shared_prefix"] = True
     if plan.fused_lora:
         done["fused_lora_layers"] = lora.enable(trainer.model)
@@ -151,7 +191,8 @@ def apply(trainer, plan: FastPlan) -> dict:
         if why_not:
             done.setdefault("notes", []).append(f"hand-fused layers off: {why_not}")
         else:
-            done["fused_decoder_layers"] = layer.enable(trainer.model, mlp_tail=plan.mlp_tail)
+            done["fused_decoder_layers"] = layer.enable(trainer.model, mlp_tail=plan.mlp_tail,
+                                                        direct_dequant=plan.direct_dequant)
     # host-side walks over every module that TRL/PEFT/the Trainer repeat each step (see fast.host)
     done["lean_adapter_switch"] = host.lean_adapter_switch(trainer.model)
     host.memoize_parameter_count(trainer.model)

@@ -15,25 +15,30 @@ import functools
 
 import torch
 
-from .attention import ATTN_NAME, KV_KEY, SEQ_LENS_KEY, register
+from . import prefix
+from .attention import ATTN_NAME, KV_KEY, SEQ_LENS_KEY, VARLEN_KEY, register
+from .decoder import backbone, set_kept_exact
 
-
-def backbone(model):
-    """The decoder stack (the module holding ``layers``) under a causal LM, a PEFT model or a wrapper."""
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(m, getattr(m, "base_model_prefix", "model"), None)
-    if inner is None or not hasattr(inner, "layers"):
-        raise TypeError(f"no decoder backbone found under {type(m).__name__}")
-    return inner
+__all__ = ["backbone", "disable", "enable"]
 
 
 def _set_attn(config, name: str) -> None:
     config._attn_implementation = name
 
 
-def enable(model) -> bool:
-    """Patch ``model``'s backbone in place (idempotent). Returns False when already patched."""
+def enable(model, varlen_attention: bool = True, shared_prefix: bool = False) -> bool:
+    """Patch ``model``'s backbone in place (idempotent). Returns False when already patched.
+
+    ``varlen_attention``: on CUDA, one variable-length flash call per layer for the whole row (else one SDPA call
+    per example); ``shared_prefix``: a preference batch's ``[chosen; rejected]`` rows share each pair's prompt
+    (:mod:`orchard.align.fast.prefix`). Both are kept on the backbone and passed down with every forward; a
+    second call updates them."""
     inner = backbone(model)
+    inner.__dict__["_orchard_varlen"] = bool(varlen_attention)
+    if shared_prefix:
+        inner.__dict__["_orchard_share_prefix"] = True
+    else:
+        inner.__dict__.pop("_orchard_share_prefix", None)
     if getattr(inner.forward, "_orchard_unpad", False):
         return False
     register()
@@ -67,9 +72,7 @@ def enable(model) -> bool:
         lens = tuple(int(n) for n in mask.sum(1).tolist() if n > 0)
         shared = None
         if inner.__dict__.get("_orchard_share_prefix") and position_ids is None:
-            from .prefix import plan as prefix_plan
-
-            shared = prefix_plan(input_ids, mask)
+            shared = prefix.plan(input_ids, mask)
         gather = keep if shared is None else shared.gather
         total = int(gather.numel())
         # for the kept-layer planner (orchard.align.fast.checkpointing): token counts of gradient forwards
@@ -79,8 +82,6 @@ def enable(model) -> bool:
                 d["_orchard_tokens_max"] = max(d["_orchard_tokens_max"], total)
             keep_for = d.get("_orchard_keep_for")
             if keep_for is not None:
-                from .checkpointing import set_kept_exact
-
                 set_kept_exact(inner, keep_for(total))
         pos = (mask.cumsum(1) - 1) if position_ids is None else position_ids.expand(b, -1)
         pos = pos.reshape(-1).index_select(0, gather).unsqueeze(0)
@@ -88,6 +89,7 @@ def enable(model) -> bool:
             packed = dict(input_ids=input_ids.reshape(-1).index_select(0, gather).unsqueeze(0))
         else:
             packed = dict(inputs_embeds=inputs_embeds.reshape(b * t, -1).index_select(0, gather).unsqueeze(0))
+        kwargs[VARLEN_KEY] = inner.__dict__.get("_orchard_varlen", True)
         if shared is None:
             kwargs[SEQ_LENS_KEY] = lens
         else:
@@ -115,5 +117,6 @@ def disable(model) -> bool:
     orig, attn = fwd._orchard_orig
     inner.forward = orig
     inner.__dict__.pop("_orchard_share_prefix", None)
+    inner.__dict__.pop("_orchard_varlen", None)
     _set_attn(inner.config, attn)
     return True
