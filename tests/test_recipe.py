@@ -159,7 +159,7 @@ def test_typed_blocks_hold_the_packages_models(tmp_path):
     ("    num_responses: 3\n", "    num_responsez: 3\n", 23, "num_responses"),      # preferences.options (judge)
     ("    num_completions: 2\n", "    num_completionz: 2\n", 27, "num_completions"),  # rlaif.sample
     ("    min_margin: 0.5\n", "    num_responses: 2\n", 29, "min_margin"),          # rlaif.judge: sampling is align's
-    ("    beta: 0.2\n", "    lora_rr: 8\n", 31, "lora_r"),                            # rlaif.dpo
+    ("    beta: 0.2\n", "    betaa: 0.1\n", 31, "beta"),                              # rlaif.dpo
     ("      judge_max_tokens: 16\n", "      judge_max_tokenz: 16\n", 35, "judge_max_tokens"),  # eval.win_rate.judge
 ])
 def test_a_bad_key_in_an_option_block_names_its_line(tmp_path, where, bad, line, allowed):
