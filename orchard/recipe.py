@@ -107,7 +107,7 @@ def _package_models() -> dict[str, Any]:
     """The packages' config models, imported only when a recipe is loaded (keeps `orchard --help` fast)."""
     from orchard.align.config import DPOConfig, EvalConfig, SFTConfig
     from orchard.review.config import ReviewConfig
-    from orchard.synth.config import TeacherConfig
+    from orchard.synth.teacher import TeacherConfig
     from orchard.synth.methods_config import JudgeConfig, SynthConfig
 
     return dict(

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import TeacherConfig
+from .teacher import TeacherConfig
 
 EVOL_OPS = ("add_constraints", "deepen", "concretize", "reasoning", "breadth")
 CRITERIA = ("helpfulness", "correctness", "instruction_following", "honesty")
