@@ -47,11 +47,7 @@ def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **ove
             data, prefix = data[section], (section,)
     for k, v in overrides.items():
         if v is not None:
-            cur = data
-            parts = k.split(".")
-            for p in parts[:-1]:
-                cur = cur.setdefault(p, {})
-            cur[parts[-1]] = v
+            _put(data, k, v)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -63,6 +59,14 @@ def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **ove
         if not loc:  # a rule across fields (min_num above num): no one key to point at
             raise InputError(msg, path=path) from None
     return validate(cls, data, doc=doc, prefix=prefix, what="config")
+
+
+def _put(data: dict, dotted: str, value) -> None:
+    """``data["a"]["b"] = value`` for ``a.b``, making the mappings on the way."""
+    *parents, name = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[name] = value
 
 
 def _run(fn, out: Path, config, name: str, inputs: dict, **kw) -> dict:
@@ -187,23 +191,18 @@ def teacher_config(values: dict):
 
     if not values["base_url"]:
         raise InputError("no teacher endpoint: give --base-url or set OPENAI_BASE_URL", field="--base-url")
-    data: dict = {"budget": {}}
+    data: dict = {}
     for path, v in values.items():
         if v is not None:
-            *parents, name = path.split(".")
-            cur = data
-            for p in parents:
-                cur = cur.setdefault(p, {})
-            cur[name] = v
+            _put(data, path, v)
     try:
         return TeacherConfig.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         # A rule across the budget's fields (max_cost_usd needs prices) is about --max-cost.
-        flag = {path: flag for flag, path in TEACHER_FLAGS.items()}.get(loc) or ("--max-cost" if loc == "budget"
-                                                                                else loc)
-        raise InputError(first["msg"].removeprefix("Value error, "), field=flag) from None
+        flags = {path: flag for flag, path in TEACHER_FLAGS.items()} | {"budget": "--max-cost"}
+        raise InputError(first["msg"].removeprefix("Value error, "), field=flags.get(loc, loc)) from None
 
 
 _DATA_CMD = {"epilog": EXIT_CODES_HELP}

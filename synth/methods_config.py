@@ -1,6 +1,6 @@
 """Configs of synth's generation methods, filters, judge and preference pairs (the recipe's YAML keys).
 
-The teacher endpoint itself is configured by ``TeacherConfig`` in ``config.py``. Every model here forbids unknown
+The teacher endpoint itself is configured by ``TeacherConfig`` in ``teacher/config.py``. Every model here forbids unknown
 keys, so a typo in a recipe fails loudly instead of silently using a default.
 """
 

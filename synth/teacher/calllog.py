@@ -56,7 +56,8 @@ _CREATE = [
 # _MIGRATIONS[v]: the statements that take a file of version v to version v + 1, run in one transaction with the
 # version stamp. A layout change adds a step here and raises SCHEMA_VERSION; old files then follow every step.
 _MIGRATIONS: dict[int, list[str]] = {
-    # 0 -> 1: the table is unchanged; a file written before the indexes existed gets them.
+    # 0 -> 1: the layout is unchanged, only stamped; the indexes are made if missing, as the unversioned code
+    # did on every open.
     0: ["CREATE INDEX IF NOT EXISTS calls_key ON calls(key, status, cached)",
         "CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts)"],
 }

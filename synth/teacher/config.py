@@ -116,13 +116,17 @@ class TeacherConfig(Strict):
     def _url(cls, v):
         return None if v is None else _check_url(v)
 
+    def endpoint_given_elsewhere(self) -> bool:
+        """False: this config must name its endpoint(s). A model that embeds it and supplies the endpoint another
+        way (a server the run starts itself) overrides this to skip that check, not the validator."""
+        return False
+
     @model_validator(mode="after")
     def _one_way_to_name_endpoints(self):
-        if self.endpoints:
-            if self.base_url or self.model:
+        if not self.endpoint_given_elsewhere():
+            if self.endpoints and (self.base_url or self.model):
                 raise ValueError("give either base_url + model or endpoints: [...], not both")
-        else:
-            missing = [k for k in ("base_url", "model") if not getattr(self, k)]
+            missing = [] if self.endpoints else [k for k in ("base_url", "model") if not getattr(self, k)]
             if missing:
                 raise ValueError(
                     f"teacher needs {' and '.join(missing)} (or an endpoints: list of {{base_url, model}})"
