@@ -22,9 +22,8 @@ from pathlib import Path
 from orchard.dataio import read_rows
 from orchard.serve import TeacherServer
 from orchard.synth.api import instructions_stage, seeds_stage
-from orchard.synth.config import TeacherConfig
 from orchard.synth.methods_config import SynthConfig
-from orchard.synth.teacher import ChatRequest, Teacher
+from orchard.synth.teacher import ChatRequest, Teacher, TeacherConfig
 
 WORDS = Path("/usr/share/dict/words")
 JUDGE = ("Question: {q}\n\nAnswer: {a}\n\nIs this answer helpful, correct and on topic? Reply with one word, "

@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_teacher import fake_teacher_process, remote_stats  # noqa: E402
 
-from orchard.synth.config import TeacherConfig  # noqa: E402
-from orchard.synth.teacher import ChatRequest, Teacher  # noqa: E402
+from orchard.synth.teacher import ChatRequest, Teacher, TeacherConfig  # noqa: E402
 
 
 def _messages(i: int, tag: str) -> list[dict]:
@@ -108,7 +107,7 @@ def _micro(n: int = 5000) -> dict:
     """CPU per call of orchard's own steps, measured in isolation (process time, microseconds)."""
     from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-    from orchard.synth.calllog import CallLog
+    from orchard.synth.teacher import CallLog
 
     t = _teacher("http://127.0.0.1:9/v1", Path(tempfile.mkdtemp()) / "m.sqlite", 8)
     reqs = [ChatRequest(_messages(i, "micro")) for i in range(n)]

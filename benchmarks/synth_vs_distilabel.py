@@ -132,7 +132,7 @@ def diff_stats(before: dict, after: dict) -> dict:
 def run_orchard_child(a) -> None:
     t_import = time.perf_counter()
     from orchard.synth import api
-    from orchard.synth.config import TeacherConfig
+    from orchard.synth.teacher import TeacherConfig
     from orchard.synth.methods_config import SelfInstructConfig, SynthConfig
 
     # The openai SDK's own retry delays are 0.5 s doubling to 8 s; orchard's backoff is set the same.
@@ -154,7 +154,7 @@ def warm_orchard(a, sizes: list[int]) -> list[dict]:
     stage's lazy imports (rouge_score pulls in nltk), the later ones show the stage's own rate. Not side by side
     with distilabel: a supplement to the end-to-end rows."""
     from orchard.synth import api
-    from orchard.synth.config import TeacherConfig
+    from orchard.synth.teacher import TeacherConfig
     from orchard.synth.methods_config import SelfInstructConfig, SynthConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="orchard-warm-"))

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationError, create_model
+from pydantic import Discriminator, Field, Tag, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from orchard.align.config import DPOConfig, EvalConfig, SampleConfig, SFTConfig
 from orchard.errors import InputError
 from orchard.review.config import ReviewConfig
 from orchard.schema import ModelRef, Strict, apply_overrides, error_lines, load_yaml, validate
-from orchard.synth.config import TeacherConfig
+from orchard.synth.teacher import TeacherConfig, TeacherSettings
 from orchard.synth.methods_config import JudgeConfig, PairJudgeConfig, PreferencesConfig, SeedsConfig, SynthConfig
 from orchard.synth.tabular.config import TabularConfig
 
@@ -71,15 +71,11 @@ class EndpointTeacher(TeacherConfig):
                                           "switch a recipe to an endpoint)")
 
 
-# A served teacher takes every TeacherConfig setting except those naming the endpoint (and its key: the run's own
-# server needs none). The runner fills base_url and model in from the server it starts, then validates the whole
-# as a TeacherConfig.
-_NAMED_BY_SERVER = ("base_url", "model", "api_key_env", "endpoints")
-ServedTeacher = create_model(
-    "ServedTeacher", __base__=Strict, __doc__="The teacher is a local model this run serves (``serve:``).",
-    serve=(ServeConfig, ...),
-    **{n: (f.annotation, f) for n, f in TeacherConfig.model_fields.items() if n not in _NAMED_BY_SERVER},
-)
+class ServedTeacher(TeacherSettings):
+    """The teacher is a local model this run serves (``serve:``): how it is called, but no endpoint (the runner
+    fills base_url and model in from the server it starts, then validates the whole as a TeacherConfig)."""
+
+    serve: ServeConfig
 
 
 def _teacher_kind(v) -> str:

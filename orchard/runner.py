@@ -192,7 +192,7 @@ class Runner:
                 self.console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
             self._server_stack.enter_context(server)
             data["base_url"], data["model"] = server.base_url, server.model
-        from orchard.synth.config import TeacherConfig
+        from orchard.synth.teacher import TeacherConfig
 
         self._teacher = TeacherConfig.model_validate(data)
         return self._teacher

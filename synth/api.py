@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from orchard.dataio import content_hash, read_rows, write_split
+from orchard.dataio import read_rows, write_split
 from orchard.errors import InputError
 
 from .ledger import Ledger

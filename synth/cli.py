@@ -22,80 +22,57 @@ app = typer.Typer(help="Grow seed examples into instruction data with a teacher 
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
-# Config fields the command line sets, by the option that sets them: errors name the option the user typed.
+# Config fields of the methods that the command line sets, by the option that sets them: errors name the option
+# the user typed. (The teacher's are in TEACHER_FLAGS.)
 _FLAGS = {"num": "--num", "min_num": "--min-num", "seed": "--seed", "method": "--method", "evol.rounds": "--rounds",
           "filters.pii.policy": "--pii", "min_overall": "--min-overall", "num_responses": "--num-responses",
-          "judge": "--judge", "min_margin": "--min-margin", "base_url": "--base-url", "model": "--model",
-          "max_concurrency": "--concurrency", "timeout_s": "--timeout", "api_key_env": "--api-key-env",
-          "budget.max_calls": "--max-calls", "budget.max_tokens": "--max-tokens", "budget.max_cost_usd": "--max-cost",
-          "budget.price_per_1k_input": "--price-in", "budget.price_per_1k_output": "--price-out", "budget": "--max-cost"}
-
-
-def _teacher(t: dict):
-    """The TeacherConfig of the teacher options (``TEACHER_OPTS``); a bad value is an InputError naming its option."""
-    from pydantic import ValidationError
-
-    from orchard.errors import InputError
-
-    from .config import TeacherConfig
-
-    if not t["base_url"]:
-        raise InputError("no teacher endpoint: give --base-url or set OPENAI_BASE_URL", field="--base-url")
-    budget = {k: v for k, v in (("max_calls", t["max_calls"]), ("max_tokens", t["max_tokens"]),
-                                ("max_cost_usd", t["max_cost"]), ("price_per_1k_input", t["price_in"]),
-                                ("price_per_1k_output", t["price_out"])) if v is not None}
-    data = {"base_url": t["base_url"], "model": t["model"], "api_key_env": t["api_key_env"],
-            "max_concurrency": t["concurrency"], "budget": budget}
-    if t["timeout"] is not None:
-        data["timeout_s"] = t["timeout"]
-    try:
-        return TeacherConfig.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        raise InputError(first["msg"].removeprefix("Value error, "), field=_FLAGS.get(loc, loc)) from None
+          "judge": "--judge", "min_margin": "--min-margin"}
 
 
 def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **overrides):
-    """A config from an optional YAML file (whole file, or its ``section`` key), then CLI overrides."""
-    data: dict = {}
-    if path is not None:
-        import yaml
+    """A config from an optional YAML file (whole file, or its ``section`` key), then CLI overrides.
 
-        from orchard.errors import InputError
-
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"cannot read config: {e}", path=path) from None
-        if section and isinstance(data.get(section), dict):
-            data = data[section]
-    for k, v in overrides.items():
-        if v is not None:
-            cur = data
-            parts = k.split(".")
-            for p in parts[:-1]:
-                cur = cur.setdefault(p, {})
-            cur[parts[-1]] = v
+    A value the command line set that fails is named by its option; problems in the file are listed together, each
+    as ``file:line: 'key': expected`` (``orchard.schema.validate``)."""
     from pydantic import ValidationError
 
+    from orchard.errors import InputError
+    from orchard.schema import load_yaml, validate
+
+    doc, data, prefix = None, {}, ()
+    if path is not None:
+        doc = load_yaml(path, what="config file")
+        data = doc.data
+        if section and isinstance(data.get(section), dict):
+            data, prefix = data[section], (section,)
+    for k, v in overrides.items():
+        if v is not None:
+            _put(data, k, v)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        from orchard.errors import InputError
-
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         msg = first["msg"].removeprefix("Value error, ")
         if overrides.get(loc) is not None and loc in _FLAGS:  # the command line set it: name the option
             raise InputError(msg, field=_FLAGS[loc]) from None
-        raise InputError(msg, path=path, field=loc or None) from None
+        if not loc:  # a rule across fields (min_num above num): no one key to point at
+            raise InputError(msg, path=path) from None
+    return validate(cls, data, doc=doc, prefix=prefix, what="config")
+
+
+def _put(data: dict, dotted: str, value) -> None:
+    """``data["a"]["b"] = value`` for ``a.b``, making the mappings on the way."""
+    *parents, name = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[name] = value
 
 
 def _run(fn, out: Path, config, name: str, inputs: dict, **kw) -> dict:
     from orchard.standalone import run_standalone
 
-    from .callpool import TeacherInterrupted
+    from .teacher import TeacherInterrupted
 
     try:
         return run_standalone(fn, out, name=name, config=config, inputs={k: v for k, v in inputs.items() if v}, **kw)
@@ -130,47 +107,102 @@ def _summary(title: str, out: Path, result: dict) -> None:
         raise typer.Exit(code)
 
 
-TEACHER_OPTS = dict(
-    base_url=typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", show_envvar=True,
-                          help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1"),
-    model=typer.Option(..., "--model", help="model name at that endpoint"),
-    api_key_env=typer.Option("OPENAI_API_KEY", "--api-key-env", help="env var holding the API key"),
-    concurrency=typer.Option(8, "--concurrency", min=1, max=1024, help="requests in flight"),
-    timeout=typer.Option(None, "--timeout", min=0.001, help="seconds one teacher call may take before it is "
-                                                             "retried (default 60)"),
-    max_calls=typer.Option(None, "--max-calls", min=1, help="budget: paid teacher calls for this output, earlier "
-                                                           "runs included"),
-    max_tokens=typer.Option(None, "--max-tokens", min=1, help="budget: prompt + completion tokens for this output, "
-                                                             "earlier runs included"),
-    max_cost=typer.Option(None, "--max-cost", min=0.0, help="budget: USD for this output, earlier runs included "
-                                                            "(needs --price-in/--price-out)"),
-    price_in=typer.Option(None, "--price-in", min=0.0, help="USD per 1,000 prompt tokens"),
-    price_out=typer.Option(None, "--price-out", min=0.0, help="USD per 1,000 completion tokens"),
-)
+# The teacher flags of every command that calls a teacher, declared once: option -> TeacherConfig field (dotted:
+# inside ``budget``). Each option's type, default, bounds and help come from its field, so the flags and the recipe's
+# ``teacher:`` block cannot drift apart.
+TEACHER_FLAGS = {
+    "--base-url": "base_url", "--model": "model", "--api-key-env": "api_key_env", "--concurrency": "max_concurrency",
+    "--timeout": "timeout_s", "--max-calls": "budget.max_calls", "--max-tokens": "budget.max_tokens",
+    "--max-cost": "budget.max_cost_usd", "--price-in": "budget.price_per_1k_input",
+    "--price-out": "budget.price_per_1k_output",
+}
+# What a flag adds to its field: --base-url falls back on $OPENAI_BASE_URL (checked in ``teacher_config``, with a
+# message saying so); --model must be given.
+_FLAG_EXTRA = {"--base-url": dict(envvar="OPENAI_BASE_URL", show_envvar=True), "--model": dict(default=...)}
 
 
-_TEACHER_TYPES = {"base_url": Optional[str], "model": str, "api_key_env": str, "concurrency": int,
-                  "timeout": Optional[float], "max_calls": Optional[int], "max_tokens": Optional[int],
-                  "max_cost": Optional[float], "price_in": Optional[float], "price_out": Optional[float]}
+def _teacher_field(path: str):
+    """The pydantic FieldInfo of a dotted TeacherConfig field."""
+    from .teacher import TeacherConfig
+
+    model, *parents, name = [TeacherConfig, *path.split(".")]
+    for p in parents:
+        model = model.model_fields[p].annotation
+    return model.model_fields[name]
+
+
+def _teacher_option(flag: str, path: str):
+    """``(parameter name, annotation, typer.Option)`` of one teacher flag, from its field."""
+    import annotated_types as at
+
+    f = _teacher_field(path)
+    kw: dict = {"default": f.default, "help": ("budget: " if path.startswith("budget.") else "") + f.description}
+    for m in f.metadata:
+        if isinstance(m, at.Ge):
+            kw["min"] = m.ge
+        elif isinstance(m, at.Le):
+            kw["max"] = m.le
+        elif isinstance(m, at.Gt):
+            kw["callback"] = _above(m.gt)  # Typer's min is inclusive
+    kw.update(_FLAG_EXTRA.get(flag, {}))
+    annotation = str if kw["default"] is ... else f.annotation
+    return flag[2:].replace("-", "_"), annotation, typer.Option(kw.pop("default"), flag, **kw)
+
+
+def _above(bound):
+    def check(v):
+        if v is not None and not v > bound:
+            raise typer.BadParameter(f"{v} is not above {bound}")
+        return v
+
+    return check
 
 
 def teacher_options(fn):
-    """Give a command the teacher options (``TEACHER_OPTS``); it receives them as one dict, ``teacher``."""
+    """Give a command the teacher options (``TEACHER_FLAGS``); it receives their values as one dict, ``teacher``
+    (field path -> value), for ``teacher_config``."""
     import functools
     import inspect
 
+    opts = {flag: _teacher_option(flag, path) for flag, path in TEACHER_FLAGS.items()}
     sig = inspect.signature(fn)
-    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=TEACHER_OPTS[k], annotation=tp)
-             for k, tp in _TEACHER_TYPES.items()]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=tp)
+             for name, tp, opt in opts.values()]
 
     @functools.wraps(fn)
     def command(**kw):
-        return fn(teacher={k: kw.pop(k) for k in _TEACHER_TYPES}, **kw)
+        return fn(teacher={TEACHER_FLAGS[flag]: kw.pop(name) for flag, (name, _, _) in opts.items()}, **kw)
 
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values() if p.name != "teacher"]
     command.__signature__ = sig.replace(parameters=params + extra)
-    command.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != "teacher"} | _TEACHER_TYPES
+    command.__annotations__ = ({k: v for k, v in fn.__annotations__.items() if k != "teacher"}
+                               | {name: tp for name, tp, _ in opts.values()})
     return command
+
+
+def teacher_config(values: dict):
+    """The TeacherConfig of the teacher options' values (``teacher_options``); a bad value is an InputError naming
+    its option."""
+    from pydantic import ValidationError
+
+    from orchard.errors import InputError
+
+    from .teacher import TeacherConfig
+
+    if not values["base_url"]:
+        raise InputError("no teacher endpoint: give --base-url or set OPENAI_BASE_URL", field="--base-url")
+    data: dict = {}
+    for path, v in values.items():
+        if v is not None:
+            _put(data, path, v)
+    try:
+        return TeacherConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        # A rule across the budget's fields (max_cost_usd needs prices) is about --max-cost.
+        flags = {path: flag for flag, path in TEACHER_FLAGS.items()} | {"budget": "--max-cost"}
+        raise InputError(first["msg"].removeprefix("Value error, "), field=flags.get(loc, loc)) from None
 
 
 _DATA_CMD = {"epilog": EXIT_CODES_HELP}
@@ -231,7 +263,7 @@ def instructions_cmd(
                           "grounded.table": str(table) if table else None,
                           "filters.decontam.eval_sets": [str(e) for e in eval_set] if eval_set else None,
                           "filters.pii.policy": pii, "filters.semantic.enabled": True if semantic else None})
-    tc = _teacher(teacher)
+    tc = teacher_config(teacher)
     res = _run(instructions_stage, out, cfg, "synth", {"seeds": seeds, "documents": documents, "table": table},
                seeds_dir=seeds, teacher=tc)
     _summary(f"synth {cfg.method}", out, res)
@@ -260,7 +292,7 @@ def evolve_cmd(
 
     cfg = _yaml_config(SynthConfig, config, "synth", method="evol", num=num, min_num=min_num, seed=seed,
                        use_cache=False if no_cache else None, **{"evol.rounds": rounds})
-    tc = _teacher(teacher)
+    tc = teacher_config(teacher)
     res = _run(instructions_stage, out, cfg, "evolve", {"seeds": seeds}, seeds_dir=seeds, teacher=tc)
     _summary("synth evolve", out, res)
 
@@ -284,7 +316,7 @@ def judge_cmd(
     from .methods_config import JudgeConfig
 
     cfg = _yaml_config(JudgeConfig, config, "judge", min_overall=min_overall, use_cache=False if no_cache else None)
-    tc = _teacher(teacher)
+    tc = teacher_config(teacher)
     res = _run(judge_stage, out, cfg, "judge", {"sft": sft}, sft_dir=sft, teacher=tc)
     _summary("synth judge", out, res)
 
@@ -311,7 +343,7 @@ def preferences_cmd(
 
     cfg = _yaml_config(PreferencesConfig, config, "preferences", num_responses=num_responses, judge=judge,
                        min_margin=min_margin, use_cache=False if no_cache else None)
-    tc = _teacher(teacher)
+    tc = teacher_config(teacher)
     res = _run(preferences_stage, out, cfg, "preferences", {"prompts": prompts}, prompts_dir=prompts, teacher=tc)
     _summary("synth preferences", out, res)
 
@@ -336,7 +368,7 @@ def judge_candidates_cmd(
 
     cfg = _yaml_config(PreferencesConfig, config, "preferences", min_margin=min_margin,
                        use_cache=False if no_cache else None)
-    tc = _teacher(teacher)
+    tc = teacher_config(teacher)
     res = _run(judge_candidates_stage, out, cfg, "judge_candidates", {"candidates": candidates},
                candidates_dir=candidates, teacher=tc)
     _summary("synth judge-candidates", out, res)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from orchard.errors import InputError
 
-from .calllog import CALL_LOG_NAME, CallLog, find_call_log
+from .teacher import CALL_LOG_NAME, CallLog, find_call_log
 
 calls_app = typer.Typer(help="Inspect the teacher call log.", no_args_is_help=False)
 

@@ -84,14 +84,14 @@ async def fill(pool, method: Method, num: int, keep: Callable[[list[dict]], list
                progress: bool = False) -> FillResult:
     """Run ``method`` until ``num`` rows pass ``keep`` (which records what it drops), its units run out, or a
     budget stops it."""
-    from .teacher import _progress
+    from .teacher import progress_bar
 
     out = FillResult()
     units = iter(method.units())
     fetching: deque[_Item] = deque()  # units under way, in order
     waiting: deque[_Item] = deque()  # candidates not started yet, in order
     finishing: deque[_Item] = deque()  # candidates under way, in order
-    bar = _progress(num, progress)
+    bar = progress_bar(num, progress)
     k = 0
     try:
         while len(out.rows) < num:
@@ -129,7 +129,7 @@ async def fill(pool, method: Method, num: int, keep: Callable[[list[dict]], list
             bar.close()
     # Whatever is still under way is not needed: num was reached, or the budget stopped the run.
     await _cancel([x.task for x in (*fetching, *finishing)])
-    if out.stopped_by is not None and getattr(pool.teacher, "_budget_why", None):
+    if out.stopped_by is not None and getattr(pool.teacher, "budget_reason", None):
         out.stopped_by = pool.teacher.budget_message()  # now that the calls in flight have landed: exact counts
     why = "unused:num_reached" if len(out.rows) >= num else "stopped:budget"
     for c in (*finishing, *waiting):

@@ -1,6 +1,6 @@
 """Configs of synth's generation methods, filters, judge and preference pairs (the recipe's YAML keys).
 
-The teacher endpoint itself is configured by ``TeacherConfig`` in ``config.py``. Every model here forbids unknown
+The teacher endpoint itself is configured by ``TeacherConfig`` in ``teacher/config.py``. Every model here forbids unknown
 keys, so a typo in a recipe fails loudly instead of silently using a default.
 """
 
@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from orchard.schema import Strict
 
-from .config import TeacherConfig
+from .teacher import TeacherConfig
 
 EVOL_OPS = ("add_constraints", "deepen", "concretize", "reasoning", "breadth")
 CRITERIA = ("helpfulness", "correctness", "instruction_following", "honesty")

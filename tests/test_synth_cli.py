@@ -50,3 +50,48 @@ def test_cli_seeds_instructions_judge(tmp_path):
                              *common])
         assert res.exit_code == 0, res.output
         assert read_manifest(tmp_path / "judged")["result"]["counts"]["kept"] == man["result"]["counts"]["kept"]
+
+
+def test_teacher_flags_are_built_from_the_teacher_config_fields():
+    import typer.main
+
+    from orchard.synth.cli import TEACHER_FLAGS, teacher_config
+    from orchard.synth.teacher import TeacherConfig
+
+    def field(path):
+        model, *parents, name = [TeacherConfig, *path.split(".")]
+        for p in parents:
+            model = model.model_fields[p].annotation
+        return model.model_fields[name]
+
+    group = typer.main.get_command(app)
+    for cmd in ("instructions", "evolve", "judge", "preferences", "judge-candidates"):
+        params = {o: p for p in group.commands[cmd].params for o in p.opts}
+        for flag, path in TEACHER_FLAGS.items():
+            f = field(path)
+            assert params[flag].help.endswith(f.description), (cmd, flag)
+            assert params[flag].required if flag == "--model" else params[flag].default == f.default, (cmd, flag)
+    values = {path: None for path in TEACHER_FLAGS.values()}
+    tc = teacher_config({**values, "base_url": "http://127.0.0.1:9/v1", "model": "m", "max_concurrency": 3,
+                         "timeout_s": 7.0, "budget.max_calls": 5})
+    assert (tc.max_concurrency, tc.timeout_s, tc.budget.max_calls, tc.api_key_env) == (3, 7.0, 5, "OPENAI_API_KEY")
+    for bad, flag in (({"budget.max_cost_usd": 1.0}, "--max-cost"), ({"api_key_env": ""}, "--api-key-env")):
+        try:
+            teacher_config({**values, "base_url": "http://127.0.0.1:9/v1", "model": "m", **bad})
+        except InputError as e:
+            assert e.field == flag, (bad, e)
+        else:
+            raise AssertionError(f"{bad} passed")
+    r = CliRunner().invoke(app, ["judge", str(SEEDS), "--out", "x", "--model", "m", "--timeout", "0"])
+    assert r.exit_code == 2 and "--timeout" in r.output
+
+
+def test_a_config_file_reports_every_problem_with_its_line(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("synth:\n  num: 0\n  evol:\n    roundz: 2\n")
+    r = CliRunner().invoke(app, ["instructions", str(SEEDS), "--out", str(tmp_path / "o"), "--model", "m",
+                                 "--base-url", "http://127.0.0.1:9/v1", "--config", str(bad)])
+    msg = str(r.exception)
+    assert isinstance(r.exception, InputError) and f"{bad}:2: 'synth.num'" in msg, msg
+    assert f"{bad}:4: 'synth.evol.roundz': unknown key" in msg, msg
+    assert not (tmp_path / "o").exists()

@@ -26,7 +26,7 @@ from orchard.dataio import provenance, read_manifest, read_rows  # noqa: E402
 from orchard.standalone import run_standalone  # noqa: E402
 from orchard.synth import api  # noqa: E402
 from orchard.synth.cli import app  # noqa: E402
-from orchard.synth.config import TeacherConfig  # noqa: E402
+from orchard.synth.teacher import TeacherConfig  # noqa: E402
 from orchard.synth.methods_config import GroundedConfig, SelfInstructConfig, SynthConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_errors_name_their_field_and_missing_paths_are_not_found(tmp_path):
     bad.write_text("synth:\n  num: 0\n")
     r, out = _invoke(["instructions", SEEDS, "--out", tmp_path / "o", "--model", "m", "--base-url",
                       "http://127.0.0.1:9/v1", "--config", bad])
-    assert "[num]" in str(r.exception) and str(bad) in str(r.exception)
+    assert f"{bad}:2: 'synth.num'" in str(r.exception)  # the file, the line and the key
     r, out = _invoke(["instructions", SEEDS, "--out", tmp_path / "o", "--model", "m", "--base-url",
                       "http://127.0.0.1:9/v1", "--num", 5, "--min-num", 9])
     assert "min_num (9) must not be above num (5)" in str(r.exception)

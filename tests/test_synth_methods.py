@@ -17,7 +17,7 @@ from orchard.dataio import atomic_write_json, file_hash, provenance, read_rows, 
 from orchard.errors import InputError  # noqa: E402
 from orchard.standalone import run_standalone  # noqa: E402
 from orchard.synth import api  # noqa: E402
-from orchard.synth.config import TeacherConfig  # noqa: E402
+from orchard.synth.teacher import TeacherConfig  # noqa: E402
 from orchard.synth.methods_config import (  # noqa: E402
     FilterConfig, GroundedConfig, PreferencesConfig, SelfInstructConfig, SynthConfig)
 from orchard.synth.seeds import load_seeds  # noqa: E402

@@ -15,7 +15,7 @@ from fake_teacher import FakeTeacher  # noqa: E402
 from synth_responder import responder  # noqa: E402
 
 from orchard.synth import api  # noqa: E402
-from orchard.synth.config import TeacherConfig  # noqa: E402
+from orchard.synth.teacher import TeacherConfig  # noqa: E402
 from orchard.synth.methods_config import SelfInstructConfig, SynthConfig  # noqa: E402
 
 SEEDS = Path(__file__).resolve().parents[1] / "data" / "seeds" / "self_instruct_seed_tasks.jsonl"

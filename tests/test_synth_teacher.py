@@ -18,9 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from orchard.errors import BudgetExhausted
-from orchard.synth.calllog import CallLog
-from orchard.synth.config import TeacherConfig
-from orchard.synth.teacher import ChatRequest, Teacher, TeacherError, parse_retry_after
+from orchard.synth.teacher import CallLog, ChatRequest, Teacher, TeacherConfig, TeacherError, parse_retry_after
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_teacher import FakeTeacher, FaultPlan  # noqa: E402
@@ -163,8 +161,7 @@ def test_token_and_cost_budgets(tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent("""
     import sys
-    from orchard.synth.config import TeacherConfig
-    from orchard.synth.teacher import ChatRequest, Teacher
+    from orchard.synth.teacher import ChatRequest, Teacher, TeacherConfig
     base_url, db, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     t = Teacher(TeacherConfig(base_url=base_url, model="fake", max_concurrency=8, backoff_base_s=0.01,
                               backoff_max_s=0.05), db)
@@ -520,8 +517,7 @@ def test_truncated_json_is_asked_again_with_more_tokens_and_only_twice():
 
 _WRITER_SCRIPT = textwrap.dedent("""
     import sys
-    from orchard.synth.config import TeacherConfig
-    from orchard.synth.teacher import ChatRequest, Teacher
+    from orchard.synth.teacher import ChatRequest, Teacher, TeacherConfig
     base_url, db, prefix = sys.argv[1], sys.argv[2], sys.argv[3]
     t = Teacher(TeacherConfig(base_url=base_url, model="fake", max_concurrency=8), db)
     res = t.chat_many([ChatRequest([{"role": "user", "content": f"{prefix} {i}"}]) for i in range(150)],
@@ -566,8 +562,7 @@ def test_transport_auto_is_direct_only_for_a_teacher_on_this_machine():
     """The openai SDK for hosted endpoints; the direct POST (half the client CPU per call) for loopback ones."""
     from pydantic import ValidationError
 
-    from orchard.synth.config import EndpointConfig
-    from orchard.synth.teacher import Teacher
+    from orchard.synth.teacher import EndpointConfig, Teacher
 
     def tr(**kw):
         return Teacher(TeacherConfig(**kw)).transport
@@ -589,7 +584,7 @@ def test_call_log_setup_retries_the_wal_switch_race(tmp_path):
     locked" without waiting (seen in CI: a worker died). The setup retries instead of failing."""
     import sqlite3
 
-    from orchard.synth import calllog
+    from orchard.synth.teacher import calllog
 
     real = sqlite3.connect(tmp_path / "c.sqlite", isolation_level=None)
     fails = [2]

@@ -11,10 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from orchard.errors import InputError
-from orchard.synth.calllog import CALL_LOG_NAME
 from orchard.synth.cli_calls import register
-from orchard.synth.config import TeacherConfig
-from orchard.synth.teacher import ChatRequest, Teacher
+from orchard.synth.teacher import CALL_LOG_NAME, ChatRequest, Teacher, TeacherConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_teacher import FakeTeacher, FaultPlan  # noqa: E402

@@ -11,9 +11,7 @@ from __future__ import annotations
 import pytest
 
 from orchard.serve import TeacherServer
-from orchard.synth.calllog import CallLog
-from orchard.synth.config import TeacherConfig
-from orchard.synth.teacher import ChatRequest, Teacher
+from orchard.synth.teacher import CallLog, ChatRequest, Teacher, TeacherConfig
 
 pytestmark = pytest.mark.server
 

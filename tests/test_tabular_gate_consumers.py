@@ -21,7 +21,7 @@ from synth_responder import responder  # noqa: E402
 from orchard.dataio import atomic_write_json, file_hash, read_manifest, write_split  # noqa: E402
 from orchard.errors import InputError  # noqa: E402
 from orchard.synth import api  # noqa: E402
-from orchard.synth.config import TeacherConfig  # noqa: E402
+from orchard.synth.teacher import TeacherConfig  # noqa: E402
 from orchard.synth.methods_config import GroundedConfig, SynthConfig  # noqa: E402
 from orchard.synth.tabular.gate import read_gated_records, require_passing_gate  # noqa: E402
 

@@ -5,6 +5,10 @@ The cache key is a hash of the request itself (model, messages, sampling params,
 endpoint host or key, so a re-run against another replica of the same model still hits the cache.
 WAL mode lets several processes (a stage and ``orchard synth calls``) read while one writes; every
 outcome is committed before the caller sees it, so a killed run loses nothing it paid for.
+
+The file's layout has a version (SQLite's ``PRAGMA user_version``, ``SCHEMA_VERSION``). Opening an older file
+for writing migrates it in place, in one transaction, keeping every cached answer; a file from a newer orchard is
+refused (``CallLogVersionError``, naming the file) rather than written in a layout it does not know.
 """
 
 from __future__ import annotations
@@ -18,8 +22,15 @@ from typing import Any, Optional
 
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
+from orchard.errors import InputError
+
+# The layout this code writes. Version 0 is the layout of orchard versions before the call log had a version:
+# the same `calls` table and indexes, with user_version left at 0.
+SCHEMA_VERSION = 1
+
+# The current layout, for a new file.
+_CREATE = [
+    """CREATE TABLE calls (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
     ts REAL NOT NULL,
@@ -37,10 +48,19 @@ CREATE TABLE IF NOT EXISTS calls (
     latency_s REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT
-);
-CREATE INDEX IF NOT EXISTS calls_key ON calls(key, status, cached);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts);
-"""
+)""",
+    "CREATE INDEX calls_key ON calls(key, status, cached)",
+    "CREATE INDEX calls_ts ON calls(ts)",
+]
+
+# _MIGRATIONS[v]: the statements that take a file of version v to version v + 1, run in one transaction with the
+# version stamp. A layout change adds a step here and raises SCHEMA_VERSION; old files then follow every step.
+_MIGRATIONS: dict[int, list[str]] = {
+    # 0 -> 1: the layout is unchanged, only stamped; the indexes are made if missing, as the unversioned code
+    # did on every open.
+    0: ["CREATE INDEX IF NOT EXISTS calls_key ON calls(key, status, cached)",
+        "CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts)"],
+}
 
 # File name stages use for their call log, under the stage's work_dir (survives a crash; resumes from it).
 CALL_LOG_NAME = "calls.sqlite"
@@ -51,13 +71,17 @@ _COLUMNS = (
 ).split()
 
 
+class CallLogVersionError(InputError):
+    """A call log written by a newer orchard, in a layout this one does not know: it is not touched."""
+
+
 def _locked(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 @retry(retry=retry_if_exception(_locked), wait=wait_random_exponential(multiplier=0.02, max=0.5),
        stop=stop_after_delay(30), reraise=True)
-def _setup_retrying(db: sqlite3.Connection) -> None:
+def _setup_retrying(db: sqlite3.Connection, path: Optional[Path] = None) -> None:
     # Two processes opening a new log at once (a stage and `orchard synth calls`, two workers) race to switch it
     # to WAL; SQLite answers that race with "database is locked" at once, without waiting out the connection's
     # busy timeout, so the setup is retried.
@@ -65,11 +89,40 @@ def _setup_retrying(db: sqlite3.Connection) -> None:
     # NORMAL in WAL mode: a commit survives the process being killed (it is in the WAL file);
     # only a power cut could drop the last commits, and those calls would simply be re-made.
     db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
+    if _version(db, path) == SCHEMA_VERSION:
+        return
+    # Create or migrate under the write lock, so that of two processes opening the same old file one migrates and
+    # the other then finds it current; a failure rolls back to the file as it was.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(db, path)
+        if version < SCHEMA_VERSION:
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='calls'").fetchone() is None
+            for sql in _CREATE if fresh else [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]:
+                db.execute(sql)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # transactional: stamped with the change, or not
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _version(db: sqlite3.Connection, path: Optional[Path]) -> int:
+    """The file's layout version; one newer than ``SCHEMA_VERSION`` is refused."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise CallLogVersionError(
+            f"this teacher call log has layout version {version}, written by a newer orchard (this one knows "
+            f"versions up to {SCHEMA_VERSION}); upgrade orchard, or move the file away to start a new log",
+            path=path if path is not None else ":memory:")
+    return version
 
 
 class CallLog:
-    """Append-only call log that doubles as a response cache. ``path=None`` keeps it in memory."""
+    """Append-only call log that doubles as a response cache. ``path=None`` keeps it in memory.
+
+    Opening a file for writing creates it or brings its layout up to ``SCHEMA_VERSION``; ``readonly`` reads it as
+    it is. Either way a file from a newer orchard raises ``CallLogVersionError``."""
 
     def __init__(self, path: Optional[Path | str] = None, readonly: bool = False):
         self.path = None if path is None else Path(path)
@@ -85,8 +138,15 @@ class CallLog:
         self._db.row_factory = sqlite3.Row
         # The Teacher writes from one event-loop thread; the lock only guards odd callers using threads.
         self._lock = threading.Lock()
-        if not readonly:
-            _setup_retrying(self._db)
+        try:
+            if readonly:
+                # Read as it is: older layouts read the same (a migration only adds), newer ones are refused.
+                _version(self._db, self.path)
+            else:
+                _setup_retrying(self._db, self.path)
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- writing ---------------------------------------------------------------------------------
     def record(self, **fields: Any) -> int:

@@ -1,62 +1,50 @@
-"""The teacher client: every call orchard makes to a teacher LLM goes through here.
+"""The teacher client: every call orchard makes to a teacher LLM goes through ``Teacher``.
 
-It speaks the OpenAI chat-completions protocol (one POST per call) through the official ``openai`` SDK
-(``aiohttp``: the SDK on its aiohttp transport, the default for hosted endpoints; ``httpx``: the SDK's default)
-or through aiohttp directly (``direct``, the default for a teacher on this machine), the SDK's own retries off so
-that ours decide. Why direct:
-the SDK's request building (options models, URL parsing, header merging, its httpx request objects even on
-the aiohttp transport) doubles the client's CPU per call against a fast local teacher: 1,132 vs 2,361 calls/s
-on one core (benchmarks/synth_throughput.py). On top it adds what a long, paid generation
-run needs: bounded concurrency, retries with exponential backoff and jitter
-(tenacity) that honour ``Retry-After``, several endpoints with weighted load spreading and fall-back, a
-budget that stops the run cleanly (``BudgetExhausted``), and a SQLite call log that is also the cache, so
-a re-run or a resumed crash never pays twice for a call that completed. Results come back in input order,
-each either text or an error with its reason — never a silent empty string.
+It speaks the OpenAI chat-completions protocol, one POST per call, through one of the HTTP paths of
+``transports.py``. On top it adds what a long, paid generation run needs: bounded concurrency, retries with
+exponential backoff and jitter (tenacity) that honour ``Retry-After``, several endpoints with weighted load
+spreading and fall-back, a budget that stops the run cleanly (``budget.py``, ``BudgetExhausted``), and a SQLite
+call log that is also the cache (``calllog.py``), so a re-run or a resumed crash never pays twice for a call that
+completed. Results come back in input order, each either text or an error with its reason — never a silent empty
+string.
 
     teacher = Teacher(TeacherConfig(base_url="http://127.0.0.1:8000/v1", model="m"), work_dir / "calls.sqlite")
     results = teacher.chat_many([ChatRequest(messages, seed=i, tag=row_id) for ...])  # input order
     manifest["teacher_usage"] = teacher.usage_summary()
 
-Budgets are checked before each paid call, so a run may go past a token or cost limit by at most the calls
-already in flight (``max_concurrency``); ``max_calls`` is exact. A stop raises ``BudgetExhausted`` (or
-``TeacherError`` for a fault a person must fix) after the calls in flight are logged, with ``.results``.
+A stop raises ``BudgetExhausted`` (or ``TeacherError`` for a fault a person must fix) after the calls in flight
+are logged, with ``.results``. Many calls at once run through a ``CallPool`` (``pool.py``, ``Teacher.run``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
+import dataclasses
 import logging
-import math
 import os
 import random
 import re
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
-from urllib.parse import urlsplit
+from typing import Iterable, Optional
 
 from tenacity import (AsyncRetrying, retry_if_exception, retry_if_exception_type, stop_after_attempt,
                       wait_random_exponential)
 
 from orchard.dataio import content_hash
-from orchard.errors import BudgetExhausted, OrchardError
+from orchard.errors import BudgetExhausted
 
+from .budget import Budget
 from .calllog import CallLog
+from .chat import ChatRequest, ChatResult, as_request, parse_json_text
 from .config import EndpointConfig, TeacherConfig
+from .errors import InterruptRequested, TeacherError
+from .pool import graceful_sigint_possible, run_with_pool
+from .transports import HTTPStatusError, Transport, TransportError, open_transport, resolve_transport
 
 log = logging.getLogger(__name__)
-
-try:  # the openai SDK's optional aiohttp transport (`openai[aiohttp]`)
-    import aiohttp  # noqa: F401
-
-    _HAVE_AIOHTTP = True
-except ImportError:
-    _HAVE_AIOHTTP = False
 
 _DUMMY_KEY = "sk-orchard-local-no-key"
 # A fresh endpoint failure streak this long takes the endpoint out of rotation for a while.
@@ -66,116 +54,6 @@ _DOWN_STREAK = 20
 # Paid answers that are cut off (finish_reason=length) or fail the format check (JSON, ``ChatRequest.check``)
 # are asked again at most this many times, a cut-off one with twice the max_tokens each time (up to the cap).
 _MAX_BAD_ANSWERS = 2
-
-
-class TeacherError(OrchardError):
-    """A teacher failure a person must fix (bad key, unknown model or URL); retrying cannot help."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Requests and results
-
-
-@dataclass
-class ChatRequest:
-    """One chat completion to make.
-
-    ``params`` override the config's sampling defaults (temperature, top_p, max_tokens, stop, ...).
-    ``seed`` is sent to the endpoint and ``sample`` is not; both are part of the cache key, so N samples
-    of one prompt (distinct seeds or sample indexes) are N distinct cached calls. ``tag`` is for tracing
-    (an item id) and is not part of the key. ``json`` asks for a JSON object (None: the config decides).
-    ``prompt``, instead of ``messages``, is raw text continued through ``/completions`` with no chat template
-    applied (Magpie writes instructions that way, from a template's user-turn prefix).
-    ``check(text)`` returns why an answer stops inside the expected format (None: complete); such an answer is
-    treated like a cut-off one: asked again, never cached as good. ``cut_ok(text)``: True when an answer cut off at
-    max_tokens is whole all the same (a yes/no question, read from its first yes or no, which more tokens cannot
-    change). Neither is part of the key.
-    """
-
-    messages: list[dict] = field(default_factory=list)
-    params: dict = field(default_factory=dict)
-    seed: Optional[int] = None
-    sample: int = 0
-    tag: Optional[str] = None
-    json: Optional[bool] = None
-    check: Optional[Callable[[str], Optional[str]]] = None
-    cut_ok: Optional[Callable[[str], bool]] = None
-    prompt: Optional[str] = None
-    max_tokens_cap: Optional[int] = None  # this request's own cap on re-asking a cut-off answer (not in the key)
-
-    def prompt_messages(self) -> list[dict]:
-        """What was sent, as messages (a raw prompt as one user message), for logs and usage estimates."""
-        return self.messages if self.prompt is None else [{"role": "user", "content": self.prompt}]
-
-
-@dataclass
-class ChatResult:
-    """The outcome of one request: ``text`` when ``ok``, else ``error`` says why and ``reason`` is a short code
-    for it (``truncated``, ``bad_format``, ``refused``, ``request_failed``, ``gave_up``: faults after every retry)."""
-
-    text: Optional[str] = None
-    error: Optional[str] = None
-    reason: Optional[str] = None
-    finish_reason: Optional[str] = None
-    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
-    cost_usd: float = 0.0
-    cached: bool = False
-    attempts: int = 0
-    latency_s: float = 0.0
-    model: Optional[str] = None
-    endpoint: Optional[str] = None
-    key: str = ""
-    tag: Optional[str] = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.text is not None
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish_reason == "length"
-
-    def json(self) -> Any:
-        """The text parsed as JSON (code fences tolerated); raises ValueError if it is not JSON."""
-        if not self.ok:
-            raise ValueError(f"no text to parse: {self.error}")
-        return parse_json_text(self.text)
-
-
-def parse_json_text(text: str) -> Any:
-    """Parse a model's JSON answer, tolerating a ```json fence around it."""
-    s = text.strip()
-    if s.startswith("```"):
-        s = re.sub(r"^```[a-zA-Z0-9_-]*\s*", "", s)
-        s = re.sub(r"\s*```\s*$", "", s)
-    return json.loads(s)
-
-
-def parse_retry_after(headers) -> Optional[float]:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), or None."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        v = float(ra)
-        return max(0.0, v) if math.isfinite(v) else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,20 +78,9 @@ class _RequestFailed(Exception):
         self.kind = kind
 
 
-def _is_local(base_url: str) -> bool:
-    """Whether an endpoint is on this machine (localhost, 0.0.0.0, 127.0.0.0/8, ::1)."""
-    import ipaddress
-
-    name = urlsplit(base_url or "").hostname or ""
-    if name in ("localhost", "0.0.0.0"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 class _Endpoint:
+    """One endpoint's state in this session: what it was learnt to accept, and its failures."""
+
     def __init__(self, idx: int, cfg: EndpointConfig):
         self.idx, self.cfg, self.host = idx, cfg, cfg.host
         self.supports_json: Optional[bool] = None  # learnt: None until tried
@@ -225,17 +92,13 @@ class _Endpoint:
         self.requests = 0
         self.failures = 0
 
-    @property
-    def is_local(self) -> bool:
-        return _is_local(self.cfg.base_url)
-
 
 class _LoopState:
     """Things bound to one asyncio event loop (each chat_many call runs its own)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, transport: Transport):
         self.sem = asyncio.Semaphore(n)
-        self.clients: dict = {}  # endpoint index -> openai.AsyncOpenAI; "direct" -> one aiohttp.ClientSession
+        self.transport = transport  # its HTTP connections belong to this loop
         self.inflight: dict[str, asyncio.Future] = {}
         # Group commit: rows of calls finishing in the same loop turn share one SQLite transaction.
         self.rows: list[dict] = []
@@ -250,42 +113,29 @@ class Teacher:
     """A teacher LLM behind one or more OpenAI-compatible endpoints.
 
     ``log_path``: the SQLite call log / cache (None: in memory, this session only). ``use_cache=False``
-    makes every call afresh (still logged).
+    makes every call afresh (still logged). ``transport``: ``auto`` takes the config's (see ``transports.py``).
     """
 
     def __init__(self, config: TeacherConfig, log_path: Optional[Path | str] = None, use_cache: bool = True,
                  transport: str = "auto"):
-        if transport == "auto":
-            transport = getattr(config, "transport", "auto")
-        if transport not in ("auto", "direct", "aiohttp", "httpx"):
-            raise ValueError(f"transport must be auto, direct, aiohttp or httpx, not {transport!r}")
         self.config = config
         self.use_cache = use_cache
-        # "auto": the openai SDK (on aiohttp when installed) for hosted endpoints, where a call takes 100s of ms
-        # and the SDK's handling of providers is worth its CPU; the direct POST for teachers on this machine
-        # (vLLM, llama.cpp, transformers serve), which answer in ms, so that the client's CPU per call (half the
-        # SDK's: 2,361 vs 1,132 calls/s, benchmarks/synth_throughput.py) does not become the bottleneck.
         self.endpoints = [_Endpoint(i, e) for i, e in enumerate(config.resolved_endpoints())]
-        if transport == "auto":
-            local = all(ep.is_local for ep in self.endpoints)
-            transport = ("direct" if local else "aiohttp") if _HAVE_AIOHTTP else "httpx"
-        self.transport = transport
-        if self.transport in ("direct", "aiohttp") and not _HAVE_AIOHTTP:
-            raise ValueError(f"transport {self.transport!r} needs aiohttp (pip install aiohttp)")
+        self.transport = resolve_transport(config.transport if transport == "auto" else transport,
+                                           [e.cfg for e in self.endpoints])
         self.log = CallLog(log_path)
         self.log_path = None if log_path is None else Path(log_path)
         # The cache key names the model(s), not hosts: replicas of one model share cached answers.
         self.model_id = "|".join(sorted({e.cfg.model for e in self.endpoints}))
         self._rng = random.Random()
-        # Per event loop (chat_many runs its own; callers may use several threads): semaphore, clients.
+        # Per event loop (chat_many runs its own; callers may use several threads): semaphore, connections.
         self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
         self._pending_hits: list[dict] = []
         self._stop: Optional[BaseException] = None
-        self._started = 0  # paid logical calls started this session (budget.max_calls)
         # What this output's call log already paid in earlier runs: budgets count it, so a re-run with the same
         # budget pays nothing new once it is spent.
-        self._paid_before = self.log.paid() if use_cache else {"calls": 0, "tokens": 0, "cost_usd": 0.0}
-        self._budget_why: Optional[str] = None
+        paid = self.log.paid() if use_cache else {"calls": 0, "tokens": 0, "cost_usd": 0.0}
+        self._budget = Budget(config.budget, paid, self.log_path)
         self._fail_streak = 0  # endpoint failures in a row, over all calls
         self._t0 = time.time()
         self._u = {
@@ -303,72 +153,100 @@ class Teacher:
         }
 
     # -- public API ----------------------------------------------------------------------------------
-    async def achat(self, messages: list[dict], *, seed: Optional[int] = None, sample: int = 0,
-                    tag: Optional[str] = None, json: Optional[bool] = None, **params) -> ChatResult:
-        """One chat completion (cached, retried, budgeted). Raises BudgetExhausted or TeacherError."""
-        req = _as_request(ChatRequest(messages=messages, params=params, seed=seed, sample=sample, tag=tag, json=json))
-        try:
-            return await self._run_one(req)
-        finally:
-            self._flush_hits()
-
-    async def arun(self, requests: Iterable[ChatRequest | dict], progress: bool = False) -> list[ChatResult]:
-        """Run many requests with bounded concurrency; results in input order.
-
-        On BudgetExhausted or TeacherError the calls in flight finish (and are logged), then the error is
-        raised with ``.results`` holding the results so far (None where not run).
-        """
-        reqs = [_as_request(r) for r in requests]
-        results: list[Optional[ChatResult]] = [None] * len(reqs)
-        order = iter(range(len(reqs)))
-        stop: list[BaseException] = []
-        bar = _progress(len(reqs), progress)
-
-        async def worker():
-            for i in order:  # one iterator shared by the workers: each index is taken exactly once
-                if stop:
-                    return
-                try:
-                    results[i] = await self._run_one(reqs[i])
-                except (BudgetExhausted, TeacherError) as e:
-                    stop.append(e)
-                    self._stop = self._stop or e  # calls waiting for a slot or an endpoint stop too
-                    return
-                if bar is not None:
-                    bar.update(1)
-
-        self._stop = None
-        try:
-            await asyncio.gather(*(worker() for _ in range(max(1, min(len(reqs), self.config.max_concurrency)))))
-        finally:
-            self._flush_hits()
-            if bar is not None:
-                bar.close()
-        if stop:
-            err = stop[0]
-            err.results = results  # type: ignore[attr-defined]
-            raise err
-        return results  # type: ignore[return-value]
-
     def chat_many(self, requests: Iterable[ChatRequest | dict], progress: bool = True) -> list[ChatResult]:
-        """Synchronous ``arun`` on its own event loop (in a thread if one is already running), through a
-        ``CallPool``, so Ctrl-C lets the calls in flight land in the log first (``callpool``)."""
+        """Run many requests with bounded concurrency on their own event loop (in a thread if one is already
+        running), through a ``CallPool``; results in input order. On BudgetExhausted or TeacherError the calls in
+        flight finish (and are logged), then the error is raised with ``.results`` holding the results so far
+        (None where not run); Ctrl-C lets the calls in flight land in the log first (``pool.py``)."""
         reqs = list(requests)
         return self.run(lambda pool: pool.gather(reqs, progress=progress))
 
     def run(self, main):
-        """``main(pool)``, a coroutine function given a ``callpool.CallPool``, on a fresh event loop (in a thread
+        """``main(pool)``, a coroutine function given a ``pool.CallPool``, on a fresh event loop (in a thread
         if one is already running); returns what it returns. On a budget stop, a fatal teacher error or Ctrl-C
         the calls in flight finish and are logged first; Ctrl-C then raises ``TeacherInterrupted``."""
-        from .callpool import graceful_sigint_possible, run_with_pool
-
+        self._stop = None
         return _run_sync(lambda in_thread: run_with_pool(
             self, main, graceful_sigint=not in_thread and graceful_sigint_possible()))
 
     def chat(self, messages: list[dict], **kw) -> ChatResult:
         """Synchronous single call."""
-        return self.chat_many([ChatRequest(messages=messages, **_split_kw(kw))], progress=False)[0]
+        own = {k: kw.pop(k) for k in ("seed", "sample", "tag", "json") if k in kw}
+        return self.chat_many([ChatRequest(messages=messages, params=kw, **own)], progress=False)[0]
 
+    async def achat(self, messages: list[dict], *, seed: Optional[int] = None, sample: int = 0,
+                    tag: Optional[str] = None, json: Optional[bool] = None, **params) -> ChatResult:
+        """One chat completion on the running loop (cached, retried, budgeted). Raises BudgetExhausted or
+        TeacherError. Call ``aclose`` on that loop when done."""
+        req = as_request(ChatRequest(messages=messages, params=params, seed=seed, sample=sample, tag=tag, json=json))
+        try:
+            return await self.send(req)
+        finally:
+            self._flush_hits()
+
+    async def send(self, req: ChatRequest) -> ChatResult:
+        """One checked request (``chat.as_request``) on the running loop: from the cache, shared with the same
+        request in flight, or paid (budget checked, retried), its outcome committed to the call log before it
+        returns. Raises the error that stops the run (``errors.RUN_STOPS``). The pool's workers call this."""
+        st = self._loop_state()
+        key = self.request_key(req)
+        if self.use_cache:
+            row = self.log.lookup(key, truncated_ok=req.cut_ok is not None)
+            if row is not None:
+                return self._from_cache(row, req, key)
+        # The same request twice in one batch: pay once, share the answer.
+        if key in st.inflight:
+            self._u["deduped"] += 1
+            res = await asyncio.shield(st.inflight[key])
+            return dataclasses.replace(res, tag=req.tag, cached=True)
+        fut = asyncio.get_running_loop().create_future()
+        st.inflight[key] = fut
+        try:
+            async with st.sem:
+                if self._stop is not None:
+                    raise self._stop
+                try:
+                    self._budget.check(self._u)
+                except BudgetExhausted as e:
+                    raise self.stop(e)
+                self._budget.started += 1
+                res = await self._call(req, key, st)
+            # Durable before anyone uses it: a kill after this line loses nothing paid for.
+            await self._record(req, key, res, st)
+            fut.set_result(res)
+            return res
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e)
+                fut.exception()  # mark retrieved: nobody may be waiting
+            raise
+        finally:
+            st.inflight.pop(key, None)
+
+    # -- stopping a run (the pool, the budget and fatal errors) -------------------------------------
+    @property
+    def stop_error(self) -> Optional[BaseException]:
+        """The error that stops the current run (None while it runs): calls not yet sent fail with it."""
+        return self._stop
+
+    def stop(self, error: BaseException) -> BaseException:
+        """Stop the current run with ``error`` unless it is already stopped; returns the error that stops it.
+        Calls in flight finish; calls waiting for a slot or an endpoint fail with it."""
+        if self._stop is None:
+            self._stop = error
+        return self._stop
+
+    @property
+    def budget_reason(self) -> Optional[str]:
+        """Why the budget stopped this session (``max_calls=60 reached``), or None."""
+        return self._budget.why
+
+    def budget_message(self) -> str:
+        """Why the budget stopped the run, with exact counts of what was paid for this output (call this after
+        the calls in flight landed, as the pool does, for final numbers)."""
+        return self._budget.message(self._u)
+
+    # -- usage, keys, closing ------------------------------------------------------------------------
     def usage_summary(self) -> dict:
         """Usage of this session, JSON-ready for a manifest (no keys, hosts only)."""
         u = dict(self._u)
@@ -396,10 +274,11 @@ class Teacher:
         return content_hash(key, n=32)
 
     async def aclose(self) -> None:
-        """Close this event loop's HTTP connections (for ``achat`` users; ``chat_many`` does it itself)."""
+        """Close this event loop's HTTP connections and log pending cache hits (for ``achat`` users; ``run`` and
+        ``chat_many`` do it themselves)."""
         st = self._states.pop(asyncio.get_running_loop(), None)
         if st is not None:
-            await asyncio.gather(*(c.close() for c in st.clients.values()), return_exceptions=True)
+            await st.transport.aclose()
         self._flush_hits()
 
     def close(self) -> None:
@@ -413,39 +292,6 @@ class Teacher:
         self.close()
 
     # -- one request ---------------------------------------------------------------------------------
-    async def _run_one(self, req: ChatRequest) -> ChatResult:
-        st = self._loop_state()
-        key = self.request_key(req)
-        if self.use_cache:
-            row = self.log.lookup(key, truncated_ok=req.cut_ok is not None)
-            if row is not None:
-                return self._from_cache(row, req, key)
-        # The same request twice in one batch: pay once, share the answer.
-        if key in st.inflight:
-            self._u["deduped"] += 1
-            res = await asyncio.shield(st.inflight[key])
-            return _replace(res, tag=req.tag, cached=True)
-        fut = asyncio.get_running_loop().create_future()
-        st.inflight[key] = fut
-        try:
-            async with st.sem:
-                if self._stop is not None:
-                    raise self._stop
-                self._check_budget()
-                self._started += 1
-                res = await self._call(req, key, st)
-            # Durable before anyone uses it: a kill after this line loses nothing paid for.
-            await self._record(req, key, res, st)
-            fut.set_result(res)
-            return res
-        except BaseException as e:
-            if not fut.done():
-                fut.set_exception(e)
-                fut.exception()  # mark retrieved: nobody may be waiting
-            raise
-        finally:
-            st.inflight.pop(key, None)
-
     async def _call(self, req: ChatRequest, key: str, st: _LoopState) -> ChatResult:
         cfg = self.config
         acc = {"prompt_tokens": 0, "completion_tokens": 0, "attempts": 0, "last_ep": None}
@@ -468,9 +314,7 @@ class Teacher:
         res.key, res.tag, res.attempts = key, req.tag, acc["attempts"]
         res.latency_s = time.perf_counter() - t0
         res.usage = {"prompt_tokens": acc["prompt_tokens"], "completion_tokens": acc["completion_tokens"]}
-        b = cfg.budget
-        res.cost_usd = (acc["prompt_tokens"] * b.price_per_1k_input
-                        + acc["completion_tokens"] * b.price_per_1k_output) / 1000
+        res.cost_usd = self._budget.cost(acc["prompt_tokens"], acc["completion_tokens"])
         if res.endpoint is None and acc["last_ep"] is not None:
             res.endpoint, res.model = acc["last_ep"].host, acc["last_ep"].cfg.model
         return res
@@ -496,11 +340,13 @@ class Teacher:
         use_rf = want_json and ep.supports_json is not False and not raw
         if use_rf:
             kwargs["response_format"] = {"type": "json_object"}
-        path = "/completions" if raw else "/chat/completions"
-        if self.transport == "direct":
-            data = await self._post_direct(ep, st, kwargs, use_rf, path)
-        else:
-            data = await self._post_sdk(ep, st, kwargs, use_rf, path)
+        try:
+            data = await st.transport.post(ep.cfg, "/completions" if raw else "/chat/completions", kwargs,
+                                           self._api_key(ep))
+        except TransportError as e:
+            raise self._fail(ep, e.reason)
+        except HTTPStatusError as e:
+            raise self._status_error(e, ep, use_rf)
 
         usage = data.get("usage") if isinstance(data, dict) else None
         choices = data.get("choices") if isinstance(data, dict) else None
@@ -555,59 +401,6 @@ class Teacher:
             raise _RequestFailed(f"{problem}, {acc['bad_answers']} answers in a row: not asking again", kind=kind)
         raise self._fail(ep, problem, endpoint_fault=False, kind=kind)
 
-    async def _post_direct(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool,
-                           path: str = "/chat/completions"):
-        """POST /chat/completions (or ``path``) with aiohttp; the decoded JSON body, or the failure as ``_fail`` classifies it."""
-        import aiohttp
-
-        session = st.clients.get("direct")
-        if session is None:
-            # Our semaphore bounds concurrency, so the connector does not (its default limit is 100).
-            session = st.clients["direct"] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
-        headers = {"Authorization": f"Bearer {self._api_key(ep)}", "Content-Type": "application/json"}
-        try:
-            async with session.post(ep.cfg.base_url + path, data=json.dumps(kwargs).encode(),
-                                    headers=headers) as r:
-                status, resp_headers, body = r.status, r.headers, await r.read()
-        except asyncio.TimeoutError:  # aiohttp's total timeout (ServerTimeoutError is one of these too)
-            raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
-        except aiohttp.ClientError as e:  # refused, reset, dropped mid-answer
-            raise self._fail(ep, f"connection error ({ep.host}): {type(_root_cause(e)).__name__}")
-        if status >= 400:
-            try:
-                err = json.loads(body)
-            except ValueError:
-                err = None
-            raise self._status_error(status, resp_headers, _body_detail(err, body.decode("utf-8", "replace")),
-                                     ep, use_rf)
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise self._fail(ep, f"malformed response body ({ep.host})")
-
-    async def _post_sdk(self, ep: _Endpoint, st: _LoopState, kwargs: dict, use_rf: bool,
-                        path: str = "/chat/completions"):
-        """The same POST through the openai SDK (transports ``aiohttp`` and ``httpx``)."""
-        import openai
-
-        client = self._client(ep, st)
-        try:
-            # The SDK's generic POST (auth, timeouts, status -> exception mapping) without its typed-param
-            # transform and response models.
-            body = await client.post(path, cast_to=str, body=kwargs)
-            return json.loads(body)
-        except openai.APIConnectionError as e:  # APITimeoutError is one of these
-            root = _root_cause(e)
-            if "Timeout" in type(root).__name__ or isinstance(root, TimeoutError):
-                raise self._fail(ep, f"timeout after {self.config.timeout_s}s ({ep.host})")
-            # (The aiohttp transport reports a refused or dropped connection as a "ConnectTimeout".)
-            raise self._fail(ep, f"connection error ({ep.host}): {type(root).__name__}")
-        except openai.APIStatusError as e:
-            raise self._status_error(e.status_code, e.response.headers, _error_detail(e), ep, use_rf)
-        except (ValueError, UnicodeDecodeError):
-            raise self._fail(ep, f"malformed response body ({ep.host})")
-
     def _count_usage(self, acc: dict, usage, messages: list[dict], text) -> None:
         """Add a response's tokens; servers that omit ``usage`` get a chars/4 estimate so budgets still hold."""
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
@@ -648,10 +441,10 @@ class Teacher:
                                 f"endpoints (last: {reason}); completed calls are saved, re-run to resume")
         return _Retryable(reason, retry_after=retry_after, kind=kind)
 
-    def _status_error(self, code: int, headers, detail: str, ep: _Endpoint, used_rf: bool) -> Exception:
-        detail = self._redact(detail)
+    def _status_error(self, e: HTTPStatusError, ep: _Endpoint, used_rf: bool) -> Exception:
+        code, detail = e.status, self._redact(e.detail)
         if code == 429:
-            ra = parse_retry_after(headers)
+            ra = e.retry_after
             cap = self.config.max_retry_after_s
             if ra is not None and ra > cap:
                 # A quota, not a hiccup (e.g. "retry after 86400"): stalling the run for it helps nobody.
@@ -666,7 +459,7 @@ class Teacher:
                 return _Retryable(f"rate limited 429 for {ra:.0f} s ({ep.host})", immediate=True)
             return self._fail(ep, f"rate limited 429 ({ep.host})", retry_after=ra, alive=True)
         if code in (408, 409) or code >= 500:
-            return self._fail(ep, f"server error {code} ({ep.host})", retry_after=parse_retry_after(headers))
+            return self._fail(ep, f"server error {code} ({ep.host})", retry_after=e.retry_after)
         if code in (400, 422) and used_rf and re.search(r"response_format|json", detail, re.I):
             # The endpoint cannot do JSON mode: remember, and ask again without it (prompt still asks JSON).
             ep.supports_json = False
@@ -688,16 +481,14 @@ class Teacher:
 
     def _not_interrupted(self, _exc) -> bool:
         # After Ctrl-C a call in flight gets no more attempts: the stop waits at most one request timeout.
-        from .callpool import _Interrupt
-
-        return not isinstance(self._stop, _Interrupt)
+        return not isinstance(self._stop, InterruptRequested)
 
     def _wait(self, retry_state) -> float:
         exc = retry_state.outcome.exception()
         if isinstance(exc, _Retryable):
             if exc.immediate:
                 return 0.0
-            if exc.retry_after is not None and not self._other_endpoint_up(retry_state):
+            if exc.retry_after is not None and not self._other_endpoint_up():
                 # Honour Retry-After as given (capped), plus a little jitter so waiters don't stampede.
                 ra = min(exc.retry_after, self.config.max_retry_after_s)
                 return ra + self._rng.uniform(0, min(0.05 * ra, 1.0))
@@ -705,7 +496,7 @@ class Teacher:
             retry_state
         )
 
-    def _other_endpoint_up(self, retry_state) -> bool:
+    def _other_endpoint_up(self) -> bool:
         now = time.monotonic()
         return sum(1 for e in self.endpoints if e.dead is None and e.down_until <= now) > 0 and len(self.endpoints) > 1
 
@@ -732,60 +523,20 @@ class Teacher:
     def _api_key(self, ep: _Endpoint) -> str:
         key = os.environ.get(ep.cfg.api_key_env)
         if not key:
-            if not ep.is_local:
+            if not ep.cfg.is_local:
                 raise TeacherError(f"environment variable {ep.cfg.api_key_env} is not set (the API key for {ep.host})")
             key = _DUMMY_KEY  # local servers rarely check keys; the SDK insists on one
         return key
-
-    def _client(self, ep: _Endpoint, st: _LoopState) -> "openai.AsyncOpenAI":
-        import openai
-
-        c = st.clients.get(ep.idx)
-        if c is None:
-            key = self._api_key(ep)
-            extra = {}
-            if self.transport == "aiohttp":
-                extra["http_client"] = openai.DefaultAioHttpClient(timeout=self.config.timeout_s)
-            c = openai.AsyncOpenAI(base_url=ep.cfg.base_url, api_key=key, max_retries=0,
-                                   timeout=self.config.timeout_s, **extra)
-            st.clients[ep.idx] = c
-        return c
 
     def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         st = self._states.get(loop)
         if st is None:
-            st = self._states[loop] = _LoopState(self.config.max_concurrency)
+            st = self._states[loop] = _LoopState(self.config.max_concurrency,
+                                                 open_transport(self.transport, self.config.timeout_s))
         return st
 
-    # -- budget, params, bookkeeping -----------------------------------------------------------------
-    def _check_budget(self) -> None:
-        b, u, before = self.config.budget, self._u, self._paid_before
-        tokens = before["tokens"] + u["prompt_tokens"] + u["completion_tokens"]
-        cost = before["cost_usd"] + u["cost_usd"]
-        why = None
-        if b.max_calls is not None and before["calls"] + self._started >= b.max_calls:
-            why = f"max_calls={b.max_calls} reached"
-        elif b.max_tokens is not None and tokens >= b.max_tokens:
-            why = f"max_tokens={b.max_tokens} reached ({tokens} used)"
-        elif b.max_cost_usd is not None and cost >= b.max_cost_usd:
-            why = f"max_cost_usd={b.max_cost_usd} reached (${cost:.4f} spent)"
-        if why:
-            self._budget_why = why
-            self._stop = BudgetExhausted(self.budget_message())
-            raise self._stop
-
-    def budget_message(self) -> str:
-        """Why the budget stopped the run, with exact counts of what was paid for this output (call this after
-        the calls in flight landed, as ``callpool`` does, for final numbers)."""
-        u, before = self._u, self._paid_before
-        where = f" in {self.log_path}" if self.log_path else ""
-        tokens = before["tokens"] + u["prompt_tokens"] + u["completion_tokens"]
-        return (f"teacher budget: {self._budget_why}; {before['calls'] + u['calls']} paid calls for this output "
-                f"({before['calls']} in earlier runs, {u['calls']} in this one: {u['ok']} answered, {u['errors']} "
-                f"failed), {tokens} tokens, ${before['cost_usd'] + u['cost_usd']:.4f}. Every answer is saved{where}: "
-                "a re-run replays them free and pays nothing new until the budget is raised.")
-
+    # -- params, bookkeeping -------------------------------------------------------------------------
     def _params(self, req: ChatRequest) -> dict:
         c = self.config
         p = {"temperature": c.temperature, "top_p": c.top_p, "max_tokens": c.max_tokens}
@@ -860,75 +611,6 @@ class Teacher:
         # Servers echo masked keys (sk-ab***yz) in 401 messages: drop those too.
         text = re.sub(r"\b(sk|key|api)[-_][A-Za-z0-9_\-\*\.]{4,}", r"\1-***", text)
         return re.sub(r"(?i)bearer\s+\S+", "Bearer ***", text)
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    """The innermost exception of a ``raise ... from ...`` chain (what really happened on the socket)."""
-    seen = {id(e)}
-    while e.__cause__ is not None and id(e.__cause__) not in seen:
-        e = e.__cause__
-        seen.add(id(e))
-    return e
-
-
-def _body_detail(body, fallback: str) -> str:
-    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else ``fallback``."""
-    if isinstance(body, dict):
-        err = body["error"] if isinstance(body.get("error"), dict) else body
-        if err.get("message"):
-            return str(err["message"])[:300]
-    return fallback[:300]
-
-
-def _error_detail(e) -> str:
-    return _body_detail(getattr(e, "body", None), str(getattr(e, "message", e)))
-
-
-_NOT_PARAMS = {
-    "model": "the config names the model", "messages": "pass messages, not a param", "stream": "not supported",
-    "response_format": "use json=True", "seed": "use ChatRequest.seed", "n": "one choice per call; use seeds",
-}
-
-
-def _as_request(r) -> ChatRequest:
-    if isinstance(r, dict):
-        if "messages" not in r and "prompt" not in r:
-            raise ValueError("a request dict needs 'messages' (or a raw 'prompt')")
-        r = ChatRequest(**r)
-    if not isinstance(r, ChatRequest):
-        raise TypeError(f"expected ChatRequest or dict, got {type(r).__name__}")
-    bad = sorted(set(r.params) & set(_NOT_PARAMS))
-    if bad:
-        raise ValueError("; ".join(f"param {k!r}: {_NOT_PARAMS[k]}" for k in bad))
-    if r.prompt is not None:
-        if not isinstance(r.prompt, str) or not r.prompt or r.messages:
-            raise ValueError("a raw prompt must be a non-empty string, with no messages")
-    elif not isinstance(r.messages, list) or not r.messages:
-        raise ValueError("messages must be a non-empty list of {role, content}")
-    return r
-
-
-def _split_kw(kw: dict) -> dict:
-    own = {k: kw.pop(k) for k in ("seed", "sample", "tag", "json") if k in kw}
-    return {**own, "params": kw}
-
-
-def _replace(res: ChatResult, **kw) -> ChatResult:
-    d = dict(res.__dict__)
-    d.update(kw)
-    return ChatResult(**d)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="teacher", unit="call", leave=False)
 
 
 def _run_sync(make_coro):
