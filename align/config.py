@@ -279,3 +279,9 @@ class EvalConfig(Strict):
     include_base: bool = True
     quantized: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    @model_validator(mode="after")
+    def _fields_that_act(self):
+        _acts_only(self, {"general_split": (self.general_dir is not None,
+                                            "the split of general_dir to read; it needs general_dir")})
+        return self

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Discriminator, Field, Tag, ValidationError
+from pydantic import Discriminator, model_validator, Field, Tag, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from orchard.align.config import DPOConfig, EvalConfig, SampleConfig, SFTConfig
@@ -111,6 +111,13 @@ class PolicyPreferences(Strict):
 
     source: Literal["reference_vs_policy"]
     options: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="after")
+    def _split_does_not_act(self):
+        # The stage pairs every split of its input (train and test alike); a split here would be silently ignored.
+        if "split" in self.options.model_fields_set and self.options.split != SampleConfig().split:
+            raise ValueError("options.split does nothing here: reference_vs_policy pairs every split of its input")
+        return self
 
 
 def _preferences_source(v) -> str:

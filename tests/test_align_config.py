@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from orchard.align.config import DPOConfig, DPOFastConfig, FastConfig, SFTConfig
+from orchard.align.config import DPOConfig, DPOFastConfig, EvalConfig, FastConfig, SFTConfig
 from orchard.errors import InputError
 from orchard.schema import parse_yaml, validate
 
@@ -14,6 +14,7 @@ from orchard.schema import parse_yaml, validate
 class _Recipe(BaseModel):  # the shape the recipe embeds align's blocks in
     sft: SFTConfig | None = None
     dpo: DPOConfig | None = None
+    eval: EvalConfig | None = None
 
 
 def _errors(text: str) -> str:
@@ -110,3 +111,10 @@ def test_cli_config_errors_name_file_and_line(tmp_path):
                                    str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "config file not found" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_general_split_needs_general_dir():
+    msg = _errors("eval:\n  general_split: test\n")
+    assert "general_split" in msg and "needs general_dir" in msg
+    EvalConfig.model_validate({"general_dir": "data/general", "general_split": "test"})
+    EvalConfig.model_validate(EvalConfig().model_dump())  # a dumped config validates again

@@ -240,3 +240,11 @@ def test_seeds_block_is_synths_seeds_config_and_runs_synths_stage(tmp_path):
     out = tmp_path / "runs" / "t1" / "seeds"
     assert len(read_rows(out)) == 7 and read_manifest(out)["result"]["counts"]["train"] == 7
     assert "'seeds.limit': unknown key; expected one of: max_seeds, path" in _error(p, ["seeds.limit=3"])
+
+
+def test_policy_pairs_reject_a_split_they_would_ignore(tmp_path):
+    # reference_vs_policy pairs every split of its input; a split option would do nothing
+    text = FULL.replace("source: judge\n  options:\n    num_responses: 3",
+                        "source: reference_vs_policy\n  options:\n    split: test")
+    msg = _error(_write(tmp_path, text))
+    assert "preferences" in msg and "split does nothing here" in msg
