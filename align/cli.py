@@ -53,7 +53,10 @@ def _relaunch(config: Path, num_processes: Optional[int]) -> None:
 
 
 def launch_command(config: Path, num_processes: Optional[int], args: list[str]) -> tuple[list[str], dict]:
-    """The command that re-runs ``orchard.align.cli ARGS`` distributed as ``config`` says.
+    """The command that re-runs ``orchard align ARGS`` distributed as ``config`` says.
+
+    Each rank runs the ``orchard`` command itself (``-m orchard.cli``), not this module, so that its console is
+    set up the same way (quiet libraries, ``ORCHARD_VERBOSE`` honoured) and its errors read the same.
 
     accelerate's MULTI_CPU launcher needs mpirun and a hostfile; for several CPU processes on one host we
     start torch.distributed.run instead (gloo backend), with accelerate told to stay on the CPU.
@@ -70,12 +73,12 @@ def launch_command(config: Path, num_processes: Optional[int], args: list[str]) 
         env["ACCELERATE_USE_CPU"] = "true"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
                "--master_addr", str(acc.get("main_process_ip", "127.0.0.1")),
-               "--master_port", str(acc.get("main_process_port", 29500)), "-m", "orchard.align.cli", *args]
+               "--master_port", str(acc.get("main_process_port", 29500)), "-m", "orchard.cli", "align", *args]
         return cmd, env
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     if num_processes:
         cmd += ["--num_processes", str(num_processes)]
-    return cmd + ["-m", "orchard.align.cli", *args], env
+    return cmd + ["-m", "orchard.cli", "align", *args], env
 
 
 def _run(fn, out: Path, *args, name: str, config, inputs: dict, work_dir: Optional[Path], **kw) -> dict:

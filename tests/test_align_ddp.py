@@ -45,6 +45,9 @@ def test_two_gloo_processes_match_one_process(tmp_path, fast):
                         env=env, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "torch.distributed.run --nproc_per_node 2" in r2.stderr
+    # each rank runs the `orchard` command itself, so its console is as quiet as the parent's
+    assert "-m orchard.cli align sft" in r2.stderr
+    assert "gemm_4bit_forward" not in r2.stderr and "FutureWarning" not in r2.stderr, r2.stderr[-3000:]
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m1["steps"] == m2["steps"] == 3
