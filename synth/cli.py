@@ -45,20 +45,29 @@ def _yaml_config(cls, path: Optional[Path], section: Optional[str] = None, **ove
         data = doc.data
         if section and isinstance(data.get(section), dict):
             data, prefix = data[section], (section,)
-    for k, v in overrides.items():
-        if v is not None:
-            _put(data, k, v)
+    _put_given(data, overrides)
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
+        loc, msg = _first_error(e)
         if overrides.get(loc) is not None and loc in _FLAGS:  # the command line set it: name the option
             raise InputError(msg, field=_FLAGS[loc]) from None
         if not loc:  # a rule across fields (min_num above num): no one key to point at
             raise InputError(msg, path=path) from None
     return validate(cls, data, doc=doc, prefix=prefix, what="config")
+
+
+def _first_error(e) -> tuple[str, str]:
+    """The dotted key and the message of a ValidationError's first problem (to name the option that set it)."""
+    first = e.errors()[0]
+    return ".".join(str(x) for x in first["loc"]), first["msg"].removeprefix("Value error, ")
+
+
+def _put_given(data: dict, values: dict) -> None:
+    """Each dotted key of ``values`` whose value was given (not None) into ``data``."""
+    for dotted, v in values.items():
+        if v is not None:
+            _put(data, dotted, v)
 
 
 def _put(data: dict, dotted: str, value) -> None:
@@ -192,17 +201,14 @@ def teacher_config(values: dict):
     if not values["base_url"]:
         raise InputError("no teacher endpoint: give --base-url or set OPENAI_BASE_URL", field="--base-url")
     data: dict = {}
-    for path, v in values.items():
-        if v is not None:
-            _put(data, path, v)
+    _put_given(data, values)
     try:
         return TeacherConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first["loc"])
+        loc, msg = _first_error(e)
         # A rule across the budget's fields (max_cost_usd needs prices) is about --max-cost.
         flags = {path: flag for flag, path in TEACHER_FLAGS.items()} | {"budget": "--max-cost"}
-        raise InputError(first["msg"].removeprefix("Value error, "), field=flags.get(loc, loc)) from None
+        raise InputError(msg, field=flags.get(loc, loc)) from None
 
 
 _DATA_CMD = {"epilog": EXIT_CODES_HELP}
