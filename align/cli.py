@@ -23,6 +23,20 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def _help(model: str, name: str) -> str:
+    """An option's help, from the config field it sets (one description, in align/config.py, for YAML and flag)."""
+    import typing
+
+    from . import config
+
+    field = getattr(config, model).model_fields[name]
+    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+    text = field.description or ""
+    if choices and not all(c in text for c in choices):
+        text = f"{' | '.join(choices)}" + (f": {text}" if text else "")
+    return f"{text} ({model}.{name})" if text else f"{model}.{name}"
+
+
 ACCEL_HELP = "re-launch through `accelerate launch --config_file CONFIG` (see recipes/accelerate/)"
 
 
@@ -121,9 +135,9 @@ def sft_cmd(
     data: Path = typer.Argument(..., help="dataset folder with train.parquet (and test.parquet) in messages format"),
     out: Path = typer.Option(..., "--out", help="output policy folder"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with SFTConfig fields"),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="hub id or local model folder"),
-    method: Optional[str] = typer.Option(None, "--method", help="qlora | lora | full"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help=_help("SFTConfig", "base_model")),
+    method: Optional[str] = typer.Option(None, "--method", help=_help("SFTConfig", "method")),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=_help("SFTConfig", "max_steps")),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="checkpoints (default: OUT/../.work/NAME)"),
     accelerate: Optional[Path] = typer.Option(None, "--accelerate", help=ACCEL_HELP),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="with --accelerate"),
@@ -150,9 +164,9 @@ def dpo_cmd(
     sft: Path = typer.Option(..., "--sft", help="policy folder to start from (SFT or a previous DPO output)"),
     out: Path = typer.Option(..., "--out"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with DPOConfig fields"),
-    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="dpo | orpo | simpo | cpo"),
-    loss_type: Optional[str] = typer.Option(None, "--loss-type", help="sigmoid, ipo, hinge, robust, ..."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    algorithm: Optional[str] = typer.Option(None, "--algorithm", help=_help("DPOConfig", "algorithm")),
+    loss_type: Optional[str] = typer.Option(None, "--loss-type", help=_help("DPOConfig", "loss_type")),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=_help("DPOConfig", "max_steps")),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir"),
     accelerate: Optional[Path] = typer.Option(None, "--accelerate", help=ACCEL_HELP),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="with --accelerate"),
@@ -180,7 +194,7 @@ def sample_cmd(
     policy: Path = typer.Option(..., "--policy", help="policy folder (SFT or DPO output)"),
     out: Path = typer.Option(..., "--out"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with SampleConfig fields"),
-    n: Optional[int] = typer.Option(None, "-n", "--num-completions"),
+    n: Optional[int] = typer.Option(None, "-n", "--num-completions", help=_help("SampleConfig", "num_completions")),
     mode: str = typer.Option("candidates", "--mode", help="candidates (for a judge) | reference_vs_policy (pairs)"),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir"),
 ):
@@ -217,7 +231,7 @@ def eval_cmd(
     out: Path = typer.Option(..., "--out"),
     dpo: Optional[Path] = typer.Option(None, "--dpo", help="preference-tuned policy folder"),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="preference folder with held-out pairs"),
-    general: Optional[Path] = typer.Option(None, "--general", help="general-text folder for the forgetting check"),
+    general: Optional[Path] = typer.Option(None, "--general", help=_help("EvalConfig", "general_dir")),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with EvalConfig fields"),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir"),
 ):

@@ -107,7 +107,8 @@ class ModelSettings(Strict):
     base_model: ModelRef | None = Field(
         None, description="Hub id, local path or run:<stage>. Required for SFT; DPO defaults to the SFT run's base."
     )
-    method: Literal["qlora", "lora", "full"] = "qlora"
+    method: Literal["qlora", "lora", "full"] = Field(
+        "qlora", description="qlora: LoRA on a 4-bit base; lora: on a bf16/fp32 base; full: every weight trained")
     trust_remote_code: bool = False
     # "auto": bf16 on a GPU that supports it, fp32 on CPU (bf16 matmuls are slow on most CPUs).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -132,7 +133,7 @@ class TrainSettings(Strict):
 
     learning_rate: float = 2e-4
     num_train_epochs: float = 1.0
-    max_steps: int = -1
+    max_steps: int = Field(-1, description="optimizer steps; -1: as many as num_train_epochs give")
     per_device_train_batch_size: int = 4
     per_device_eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -202,7 +203,8 @@ class DPOConfig(ModelSettings, TrainSettings):
     """Preference optimisation on top of an SFT (or a previous DPO) adapter."""
 
     learning_rate: float = 5e-6
-    algorithm: Literal["dpo", "orpo", "simpo", "cpo"] = "dpo"
+    algorithm: Literal["dpo", "orpo", "simpo", "cpo"] = Field(
+        "dpo", description="dpo (TRL DPOTrainer, any loss_type), or orpo / simpo / cpo")
     # validate_default: the default is a list too (cpo reads loss_type[0]; a bare "sigmoid" gave it "s")
     loss_type: list[str] | str = Field(
         "sigmoid", validate_default=True,
@@ -250,7 +252,7 @@ class DPOConfig(ModelSettings, TrainSettings):
 class SampleConfig(Strict):
     """Sampling completions from a policy (RLAIF candidates, policy pairs, eval comparisons)."""
 
-    num_completions: int = Field(2, ge=1)
+    num_completions: int = Field(2, ge=1, description="completions sampled per prompt")
     max_new_tokens: int = 128
     temperature: float = 0.8
     top_p: float = 0.95
