@@ -22,7 +22,6 @@ from rich.markup import escape
 from orchard.dataio import MANIFEST, atomic_dir, atomic_write_json, content_hash, read_manifest
 from orchard.errors import OUTCOME_EXIT, InputError
 from orchard.recipe import STAGE_ORDER, stages_in
-from orchard.schema import ModelRef
 from orchard.stage import StageContext, StageSpec
 from orchard.standalone import hash_inputs, output_lock, remove_stale_temps, write_manifest
 
@@ -178,13 +177,12 @@ class Runner:
         if t is None:
             raise InputError(f"stage '{stage}' calls a teacher model, but the recipe has no 'teacher:' block "
                              f"(give base_url and model, or serve: {{model: PATH}})", field="teacher")
-        data = t.model_dump()
-        serve = data.pop("serve", None)
-        if serve:
+        data = t.model_dump(exclude={"serve"})
+        if t.serve is not None:
             from orchard.serve import TeacherServer
 
-            model_path = Path(ModelRef(serve["model"]).resolve(self.run_dir))
-            server = TeacherServer(model_path, device=serve.get("device", "cpu"), threads=serve.get("threads"),
+            model_path = Path(t.serve.model.resolve(self.run_dir))
+            server = TeacherServer(model_path, device=t.serve.device, threads=t.serve.threads,
                                    log_path=self.run_dir / ".work" / "teacher-server.log")
             self.console.print(f"starting the run's teacher server for {model_path} …")
             warning = server.sampling_warning()

@@ -193,10 +193,9 @@ def _sft_run(ctx: StageContext) -> dict:
 
 def _with_base_model(cfg, run_dir: Path):
     """An align config whose ``base_model`` may be ``run:<stage>``, with that made the stage's model folder."""
-    ref = ModelRef(str(cfg.base_model)) if cfg.base_model else None
-    if ref is None or ref.stage is None:
+    if cfg.base_model is None or cfg.base_model.stage is None:  # a ModelRef (align's config parses it)
         return cfg
-    return cfg.model_copy(update={"base_model": ref.resolve(run_dir)})
+    return cfg.model_copy(update={"base_model": cfg.base_model.resolve(run_dir)})
 
 
 # ---------------------------------------------------------------- preferences
