@@ -31,6 +31,13 @@ def smoke(tmp_path_factory):
     res = subprocess.run([str(exe), "run", "recipes/smoke.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1500)
     first = time.perf_counter() - t0
+    if res.returncode == 3 and read_manifest(runs / "smoke" / "synth")["result"]["outcome"]["status"] == "lost":
+        # The 0.6M teacher samples at temperature 1; now and then one of ~350 instances ends inside its format on
+        # every retry (e.g. on its "Input:" label) and is lost: exit 3, "run the same command again to ask for
+        # them again". That is the user's path, so the test takes it: the re-run asks only for the lost items.
+        res = subprocess.run([str(exe), "run", "recipes/smoke.yaml", "--runs-dir", str(runs)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=1500)
+        first = time.perf_counter() - t0
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     return runs / "smoke", res, first, exe, env, runs
 
