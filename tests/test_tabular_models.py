@@ -52,10 +52,12 @@ def test_dp_mst_states_its_epsilon(tmp_path):
     table = tmp_path / "anes.csv"
     sm.datasets.anes96.load_pandas().data.drop(columns=["logpopul", "popul"]).iloc[:400].to_csv(table, index=False)
     out = tmp_path / "out"
-    cfg = TabularConfig(dp_epsilon=2.0, n_attacks=20, singling_out="off", gate={"min_quality_score": 0.3, "max_out_of_range_share": None,
-                                                                    # MST cannot be seeded (its noise must stay secret): a
-                                                                    # CI run read 0.58 for age's shape, against 0.6
-                                                                    "min_column_shape": 0.4})
+    # MST cannot be seeded (its noise must stay secret), so this test gates only what every run clears: a CI run
+    # read 0.58 for age's shape (against 0.6), and closer-to-train, whose estimate from a 100-row holdout is
+    # noisy, read 0.37-0.73 over 15 runs here (3 over the default 0.7; one failed CI). This test is about epsilon.
+    cfg = TabularConfig(dp_epsilon=2.0, n_attacks=20, singling_out="off",
+                        gate={"min_quality_score": 0.3, "max_out_of_range_share": None, "min_column_shape": 0.4,
+                              "max_dcr_share_closer_to_train": None})
     result = tabular_stage(table, out, tmp_path / "work", cfg)
     assert result["epsilon"] == 2.0 and result["synthesizer"] == "smartnoise_mst"
     prov = json.loads(pd.read_parquet(out / "train.parquet")["provenance"].iloc[0])
