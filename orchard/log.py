@@ -24,8 +24,8 @@ VERBOSE_ENV = "ORCHARD_VERBOSE"
 # Libraries whose logging, at WARNING, says nothing an orchard user can act on (e.g. bitsandbytes' "Failed to load
 # CPU gemm_4bit_forward from kernels-community", which only means the plain CPU kernel is used). Their errors show.
 LIBRARIES = (
-    "accelerate", "argilla", "bitsandbytes", "copulas", "datasets", "httpcore", "httpx", "huggingface_hub",
-    "kernels", "mostlyai", "openai", "peft", "rdt", "sdmetrics", "sdv", "sentence_transformers", "snsynth",
+    "accelerate", "anonymeter", "argilla", "bitsandbytes", "copulas", "datasets", "httpcore", "httpx", "huggingface_hub",
+    "kernels", "mbi", "mostlyai", "openai", "peft", "rdt", "sdmetrics", "sdv", "sentence_transformers", "snsynth",
     "transformers", "trl", "urllib3",
 )
 
@@ -39,6 +39,8 @@ QUIET_WARNINGS = (
     # The Argilla SDK warns when a lookup finds nothing; orchard looks a workspace, dataset or reviewer up to
     # create it when it is missing (review/push.py, review/workflow.py), so "not found" is the expected answer.
     (r"(Workspace|Dataset|User) with (name|username|id) .* not found", UserWarning, r"argilla\."),
+    # smartnoise-synth's MST hands private-pgm (mbi) a pandas frame, as its released versions all do.
+    (r"Pandas dataframe inputs are deprecated", UserWarning, r"mbi\."),
 )
 
 _verbose = False

@@ -29,3 +29,18 @@ def test_anonymeter_risks_repeat_exactly_with_the_same_seed():
     first = run(3)
     assert '"singling_out"' in first
     assert run(3) == first
+
+
+def test_report_says_when_singling_out_built_fewer_queries_than_attacks():
+    """anonymeter warns on the console that few queries mean an underestimate; the console keeps library logging
+    quiet, so the report carries it."""
+    from orchard.synth.tabular.report import markdown
+
+    def report(n_queries):
+        so = {"value": 0.01, "ci": [0.0, 0.05], "mode": "univariate", "n_attacks": 100, "n_queries": n_queries}
+        return {"gate": {"passed": True, "checks": {}}, "rows": {"train": 300, "holdout": 100, "synthetic": 300},
+                "synthesizer": "gaussian_copula", "table_hash": "0" * 64,
+                "metrics": {"anonymeter": {"n_attacks": 100, "singling_out": so}}}
+
+    assert "only 12 of 100 singling-out queries could be built" in markdown(report(12))
+    assert "singling-out queries could be built" not in markdown(report(100))

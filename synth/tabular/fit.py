@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import random
 import warnings
 
@@ -12,6 +15,8 @@ from orchard.errors import InputError
 
 from .config import TabularConfig
 from .metadata import TABLE, TablePlan
+
+log = logging.getLogger(__name__)
 
 SDV_CLASSES = {
     "gaussian_copula": "GaussianCopulaSynthesizer",
@@ -129,8 +134,13 @@ def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Ta
     cats = [c for c, t in cols.items() if t in ("categorical", "boolean") or train[c].nunique() <= 32]
     conts = [c for c in cols if c not in cats]
     synth = Synthesizer.create("mst", epsilon=eps)
+    pre_eps = eps * 0.3 if conts else 0.0
+    log.info("DP synthesizer (MST): epsilon %g, of which %g finds the bounds of the continuous columns (%d) and "
+             "%g trains", eps, pre_eps, len(conts), eps - pre_eps)
     try:
-        synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=eps * 0.3 if conts else 0.0)
+        # smartnoise prints its own budget split to stdout, where a command's result goes; orchard said it above
+        with contextlib.redirect_stdout(io.StringIO()):
+            synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=pre_eps)
     except ValueError as e:
         if "bounds" not in str(e):
             raise
@@ -139,5 +149,6 @@ def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Ta
             f"({e}); raise dp_epsilon, or drop or coarsen continuous columns",
             field="dp_epsilon",
         ) from None
-    out = synth.sample(n_rows)
+    with contextlib.redirect_stdout(io.StringIO()):
+        out = synth.sample(n_rows)
     return pd.DataFrame(out)[list(train.columns)].reset_index(drop=True)

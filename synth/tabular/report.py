@@ -195,6 +195,10 @@ def markdown(report: dict) -> str:
                 continue
             v = a[k] or {}
             extra = f" ({v['error']})" if v.get("error") else ""
+            if not extra and v.get("n_queries") is not None and v["n_queries"] < v.get("n_attacks", 0):
+                # anonymeter's own warning says so on the console, which orchard keeps quiet: the report says it
+                extra = (f" (only {v['n_queries']} of {v['n_attacks']} singling-out queries could be built on this "
+                         "table, so the risk may be underestimated)")
             lines.append(f"- {k.replace('_', '-')}: risk {_fmt(v.get('value'))}{extra}")
         lines.append("")
     q = m.get("quality")
