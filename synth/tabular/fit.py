@@ -137,18 +137,17 @@ def _fit_sample_dp(plan: TablePlan, train: pd.DataFrame, n_rows: int, config: Ta
     pre_eps = eps * 0.3 if conts else 0.0
     log.info("DP synthesizer (MST): epsilon %g, of which %g finds the bounds of the continuous columns (%d) and "
              "%g trains", eps, pre_eps, len(conts), eps - pre_eps)
-    try:
-        # smartnoise prints its own budget split to stdout, where a command's result goes; orchard said it above
-        with contextlib.redirect_stdout(io.StringIO()):
-            synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=pre_eps)
-    except ValueError as e:
-        if "bounds" not in str(e):
-            raise
-        raise InputError(
-            f"the DP synthesizer could not find bounds for the continuous columns {conts} under epsilon {eps} "
-            f"({e}); raise dp_epsilon, or drop or coarsen continuous columns",
-            field="dp_epsilon",
-        ) from None
+    # smartnoise prints its own budget split to stdout, where a command's result goes; orchard said it above
     with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            synth.fit(train, categorical_columns=cats, continuous_columns=conts, preprocessor_eps=pre_eps)
+        except ValueError as e:
+            if "bounds" not in str(e):
+                raise
+            raise InputError(
+                f"the DP synthesizer could not find bounds for the continuous columns {conts} under epsilon {eps} "
+                f"({e}); raise dp_epsilon, or drop or coarsen continuous columns",
+                field="dp_epsilon",
+            ) from None
         out = synth.sample(n_rows)
     return pd.DataFrame(out)[list(train.columns)].reset_index(drop=True)
